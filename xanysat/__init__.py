@@ -1,0 +1,11 @@
+"""xanysat: the AnySat foundation model for any mix of Earth-observation sensors, on xarray and Dask."""
+
+from xanysat.errors import AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError
+from xanysat.modalities import MODALITIES, Modality
+from xanysat.model import AnySat, AnySatConfig
+
+__all__ = [
+    "AnySat", "AnySatConfig", "MODALITIES", "Modality",
+    "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,192 @@
+"""Checkpoints: the official AnySat format and xanysat's own (safetensors + config JSON).
+
+Nothing here unpickles arbitrary objects: official files load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from xanysat.errors import CheckpointError
+from xanysat.model import ALL_SENSORS, AnySat, AnySatConfig
+
+_LTAE = {
+    "pad_parameter": "pad_value",
+    "patch_embed.inconv.": "mlp_in.",
+    "patch_embed.in_norm.": "in_norm.",
+    "patch_embed.attention_heads.Q": "query",
+    "patch_embed.attention_heads.fc1_k.": "key.",
+    "patch_embed.mlp.": "mlp_out.",
+    "patch_embed.out_norm.": "out_norm.",
+}
+_VHR = {"patch_embed.weight": "conv.weight", "mlp.": "mlp."}
+_BLOCK = {"attn.rpe_k.lookup_table_weight": "attn.rpe_weight"}
+_CROSS = {"attn.q_learned": "attn.query", "attn.rpe_k.lookup_table_weight": "attn.rpe_weight"}
+_LIGHTNING_PREFIXES = ("target_encoder.", "model.encoder.", "model.")
+
+
+def _rename(rest: str, table: dict[str, str]) -> str | None:
+    for old, new in table.items():
+        if rest.startswith(old):
+            return new + rest[len(old):]
+    return None
+
+
+def official_to_xanysat_key(key: str, depth: int) -> str | None:
+    """Map one official state-dict key to xanysat's naming (None if it has no counterpart)."""
+    if key == "cls_token":
+        return key
+    if m := re.fullmatch(r"projector_([a-z0-9-]+)\.(.+)", key):
+        sensor, rest = m.groups()
+        table = _LTAE if sensor in ALL_SENSORS and _is_time_series(sensor) else _VHR
+        new = _rename(rest, table)
+        return None if new is None else f"projectors.{sensor}.{new}"
+    if m := re.fullmatch(r"spatial_encoder\.(.+)", key):
+        rest = m.group(1)
+        if rest == "cls_token":
+            return "patch_encoder.cls_token"
+        if rest.startswith("predictor_norm."):
+            return "patch_encoder.norm." + rest.split(".", 1)[1]
+        if b := re.fullmatch(r"predictor_blocks\.(\d+)\.(.+)", rest):
+            return f"patch_encoder.blocks.{b.group(1)}.{_rename(b.group(2), _BLOCK) or b.group(2)}"
+        return None
+    if b := re.fullmatch(r"blocks\.(\d+)\.(.+)", key):
+        index, rest = int(b.group(1)), b.group(2)
+        if index < depth:
+            return f"combiner.blocks.{index}.{rest}"
+        if index == depth:
+            return f"combiner.cross.{_rename(rest, _CROSS) or rest}"
+    return None
+
+
+def _is_time_series(sensor: str) -> bool:
+    from xanysat.modalities import MODALITIES
+
+    return MODALITIES[sensor].time_series
+
+
+def config_from_official(config: dict) -> AnySatConfig:
+    """``AnySatConfig`` from the official (hubconf) config dict, checking it against the sensor table."""
+    from xanysat.modalities import MODALITIES
+
+    sensors = tuple(config["modalities"]["all"])
+    projectors = config["projectors"]
+    for name in sensors:
+        m = MODALITIES.get(name)
+        p = projectors.get(name, {})
+        channels = p.get("in_chans", p.get("in_channels"))
+        if m is None or channels != m.n_bands or ("T" in p) != m.time_series:
+            raise CheckpointError(f"official projector {name!r} ({p}) does not match the sensor table.")
+    ts = next(projectors[n] for n in sensors if MODALITIES[n].time_series)
+    vhr = next((projectors[n] for n in sensors if not MODALITIES[n].time_series), None)
+    return AnySatConfig(
+        embed_dim=config["embed_dim"], depth=config["depth"], num_heads=config["num_heads"],
+        mlp_ratio=config.get("mlp_ratio", 4.0), sensors=sensors, ltae_mlp_in=tuple(ts["mlp_in"]),
+        ltae_heads=ts["n_head"], ltae_key_dim=ts["d_k"],
+        vhr_mlp_hidden=vhr["mlp"][1] if vhr else None,
+        official_flash_attention=bool(config.get("flash_attn", False)),
+    )
+
+
+def _read_official(source) -> dict[str, Tensor]:
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}.")
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in source and isinstance(source["state_dict"], dict):
+        source = source["state_dict"]
+    if "cls_token" not in source:
+        for prefix in _LIGHTNING_PREFIXES:
+            if f"{prefix}cls_token" in source:
+                return {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
+    return dict(source)
+
+
+def convert_official_state_dict(state_dict: dict[str, Tensor], config: AnySatConfig) -> dict[str, Tensor]:
+    """Rename official keys to xanysat's; strict: unknown or missing keys raise ``CheckpointError``.
+
+    Projectors of sensors outside ``config.sensors`` are dropped on purpose.
+    """
+    converted, unknown = {}, []
+    for key, value in state_dict.items():
+        new = official_to_xanysat_key(key, config.depth)
+        if new is None:
+            unknown.append(key)
+        elif not new.startswith("projectors.") or new.split(".")[1] in config.sensors:
+            converted[new] = value
+    if unknown:
+        raise CheckpointError(f"{len(unknown)} keys of the checkpoint are not AnySat keys, e.g. {unknown[:5]}.")
+    return converted
+
+
+def load_official(source, config: AnySatConfig | dict | None = None) -> AnySat:
+    """Build an ``AnySat`` in eval mode from an official checkpoint, loading strictly."""
+    if isinstance(config, dict):
+        config = config_from_official(config.get("config", config))
+    config = config or AnySatConfig.base()
+    model = AnySat(config)
+    state = convert_official_state_dict(_read_official(source), config)
+    _load_strict(model, state)
+    return model.eval()
+
+
+def _load_strict(model: AnySat, state: dict[str, Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            f"{label}: {keys[:4]}{' ...' if len(keys) > 4 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise CheckpointError(f"checkpoint does not match {model.config}: {detail}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | None = None, card: str = "") -> Path:
+    """Write ``model.safetensors`` and ``config.json`` (xanysat's format) into ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, directory / "model.safetensors")
+    meta = {"format": "xanysat", "model_id": model_id or model.model_id, "config": model.config.to_dict()}
+    (directory / "config.json").write_text(json.dumps(meta, indent=1))
+    if card:
+        (directory / "README.md").write_text(card)
+    return directory
+
+
+def load_pretrained(directory: str | Path) -> AnySat:
+    """Load a model saved by ``save_pretrained``, in eval mode."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    for name in ("model.safetensors", "config.json"):
+        if not (directory / name).is_file():
+            raise CheckpointError(f"{directory} has no {name}; expected a directory written by save_pretrained.")
+    meta = json.loads((directory / "config.json").read_text())
+    model = AnySat(AnySatConfig.from_dict(meta["config"]))
+    _load_strict(model, load_file(directory / "model.safetensors"))
+    model.model_id = meta.get("model_id", model.model_id)
+    return model.eval()
+
+
+def weights_hash(model: AnySat) -> str:
+    """Short content hash of the weights, for provenance attributes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,203 @@
+"""Transformer layers shared by the patch encoder and the modality combiner.
+
+Names follow timm/dinov2 (``qkv``, ``proj``, ``fc1``, ``norm1``). Attention runs through
+``scaled_dot_product_attention``; the iRPE bias of AnySat enters as an additive mask.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IRPE_RATIO = 1.9
+IRPE_BUCKETS = 8  # 2 * int(2 * ratio) + 1 distance buckets + 1 for prefix tokens
+
+
+def sincos_1d(dim: int, pos: Tensor) -> Tensor:
+    """``[sin(pos * w_k), cos(pos * w_k)]``, ``w_k = 10000^(-k / (dim / 2))``: ``(M,) -> (M, dim)``.
+
+    Computed in float32 like the release (whose float64 runs also use float32 encodings).
+    """
+    omega = torch.arange(dim // 2, dtype=torch.float32) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = pos.to(torch.float32)[:, None] * omega[None, :]
+    return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+
+@lru_cache(maxsize=256)
+def _sincos_2d_cpu(dim: int, height: int, width: int, spacing: float) -> Tensor:
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    cols = cols.reshape(-1).float() * spacing
+    rows = rows.reshape(-1).float() * spacing
+    return torch.cat([sincos_1d(dim // 2, cols), sincos_1d(dim // 2, rows)], dim=1)
+
+
+def sincos_2d(dim: int, height: int, width: int, spacing: float, *, like: Tensor) -> Tensor:
+    """2-D sin-cos embedding of a raster grid: ``(height * width, dim)``, row-major.
+
+    The first half of the channels encodes the column (x) coordinate, the second half the row
+    (y), each multiplied by ``spacing`` (metres or 10 m units, as the caller's convention).
+    """
+    return _sincos_2d_cpu(dim, height, width, float(spacing)).to(device=like.device, dtype=like.dtype)
+
+
+def _irpe_bucket(distance: Tensor) -> Tensor:
+    """iRPE piecewise index of rounded Euclidean distances (method 'euc', ratio 1.9), offset by beta."""
+    alpha, beta, gamma = IRPE_RATIO, 2 * IRPE_RATIO, 8 * IRPE_RATIO
+    far = alpha + torch.log(distance.clamp(min=alpha) / alpha) / math.log(gamma / alpha) * (beta - alpha)
+    index = torch.where(distance <= alpha, distance.round(), far.round().clamp(max=beta))
+    return index.long() + int(beta)
+
+
+@lru_cache(maxsize=256)
+def _irpe_buckets_cpu(height: int, width: int, n_prefix: int) -> Tensor:
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).double()
+    distance = (pos[:, None, :] - pos[None, :, :]).square().sum(-1).sqrt().round()
+    grid = _irpe_bucket(distance)
+    n = n_prefix + height * width
+    buckets = torch.full((n, n), IRPE_BUCKETS - 1, dtype=torch.long)
+    buckets[n_prefix:, n_prefix:] = grid
+    return buckets
+
+
+def irpe_buckets(height: int, width: int, n_prefix: int, device: torch.device) -> Tensor:
+    """Bucket ids ``(n_prefix + h*w, n_prefix + h*w)`` of iRPE 'euc' on a row-major grid.
+
+    Distances 0, 1, 2-3 and >= 4 cells map to buckets 3, 4, 5, 6; any pair with a prefix
+    (class or MODIS) token maps to bucket 7.
+    """
+    return _irpe_buckets_cpu(height, width, n_prefix).to(device)
+
+
+def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
+    """Contextual iRPE on keys: ``bias[b, :, i, j] = q[b, 0, i] . weight[0, :, buckets[i, j]]``.
+
+    As released, the bias is computed from the first head's query and shared by all heads
+    (the reference gathers with a one-head index).
+
+    Args:
+        q: queries ``(B, H, Lq, d)``.
+        weight: lookup table ``(1, d, n_buckets)``.
+        buckets: ``(Lq, Lk)`` bucket ids.
+
+    Returns:
+        ``(B, 1, Lq, Lk)``, broadcast over heads.
+    """
+    table = q[:, :1] @ weight[0]  # (B, 1, Lq, n_buckets)
+    index = buckets.expand(table.shape[0], 1, *buckets.shape)
+    return torch.gather(table, -1, index)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention, optionally with a contextual iRPE bias on keys.
+
+    ``heads_as_tokens`` reproduces the official ``flash_attn=True`` path, which passes
+    ``(B, heads, N, d)`` tensors to a kernel expecting ``(B, N, heads, d)`` and so attends
+    across the heads of each token (SPEC section 9.3). For comparison only.
+    """
+
+    def __init__(self, dim: int, num_heads: int, *, irpe: bool = False, heads_as_tokens: bool = False):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.heads_as_tokens = heads_as_tokens
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+        self.rpe_weight = nn.Parameter(torch.zeros(1, self.head_dim, IRPE_BUCKETS)) if irpe else None
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        B, N, C = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        bias = None
+        if self.rpe_weight is not None:
+            height, width = grid
+            buckets = irpe_buckets(height, width, N - height * width, x.device)
+            bias = contextual_bias(q * self.scale, self.rpe_weight, buckets)
+        if self.heads_as_tokens:
+            q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        if self.heads_as_tokens:
+            out = out.transpose(1, 2)
+        return self.proj(out.transpose(1, 2).reshape(B, N, C))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, eps: float, irpe: bool = False,
+                 heads_as_tokens: bool = False):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, irpe=irpe, heads_as_tokens=heads_as_tokens)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), grid)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttention(nn.Module):
+    """One learned query per output position attends to all tokens, with iRPE on keys."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.scale = self.head_dim**-0.5
+        self.query = nn.Parameter(torch.zeros(1, 1, dim))
+        self.wk = nn.Linear(dim, dim)
+        self.wv = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+        self.rpe_weight = nn.Parameter(torch.zeros(1, self.head_dim, IRPE_BUCKETS))
+
+    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int) -> Tensor:
+        """Attend from ``n_prefix + h*w`` queries to ``x = [prefix tokens, M blocks of h*w tokens]``.
+
+        Returns the ``(B, n_prefix + h*w, D)`` outputs.
+        """
+        B, N, C = x.shape
+        height, width = grid
+        n_patches = height * width
+        n_modalities = (N - n_prefix) // n_patches
+        q = (self.query + query_pos).view(1, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.wk(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.wv(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
+        buckets = irpe_buckets(height, width, n_prefix, x.device)
+        buckets = torch.cat([buckets[:, :n_prefix], buckets[:, n_prefix:].repeat(1, n_modalities)], dim=1)
+        bias = contextual_bias(q, self.rpe_weight, buckets)  # un-scaled query, as the release
+        q = q.expand(B, -1, -1, -1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(B, -1, C))
+
+
+class CrossBlock(nn.Module):
+    """Cross-attention block of the combiner; no residual around the attention (as released)."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = CrossAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int) -> Tensor:
+        x = self.attn(self.norm1(x), query_pos, grid, n_prefix)
+        return x + self.mlp(self.norm2(x))
