@@ -64,6 +64,34 @@ def official_to_xanysat_key(key: str, depth: int) -> str | None:
     return None
 
 
+def xanysat_to_official_key(key: str, depth: int) -> str:
+    """Inverse of ``official_to_xanysat_key``."""
+    def invert(rest: str, table: dict[str, str]) -> str:
+        return _rename(rest, {new: old for old, new in table.items()}) or rest
+
+    if key == "cls_token":
+        return key
+    if key.startswith("projectors."):
+        _, sensor, rest = key.split(".", 2)
+        return f"projector_{sensor}." + invert(rest, _LTAE if _is_time_series(sensor) else _VHR)
+    if key == "patch_encoder.cls_token":
+        return "spatial_encoder.cls_token"
+    if key.startswith("patch_encoder.norm."):
+        return "spatial_encoder.predictor_norm." + key.rsplit(".", 1)[1]
+    if b := re.fullmatch(r"patch_encoder\.blocks\.(\d+)\.(.+)", key):
+        return f"spatial_encoder.predictor_blocks.{b.group(1)}.{invert(b.group(2), _BLOCK)}"
+    if b := re.fullmatch(r"combiner\.blocks\.(\d+)\.(.+)", key):
+        return f"blocks.{b.group(1)}.{b.group(2)}"
+    if key.startswith("combiner.cross."):
+        return f"blocks.{depth}." + invert(key[len("combiner.cross."):], _CROSS)
+    raise KeyError(key)
+
+
+def to_official_state_dict(model: AnySat) -> dict[str, Tensor]:
+    """The model's weights under the official key names (loadable by the release's ``AnySat.model``)."""
+    return {xanysat_to_official_key(k, model.config.depth): v for k, v in model.state_dict().items()}
+
+
 def _is_time_series(sensor: str) -> bool:
     from xanysat.modalities import MODALITIES
 
@@ -188,5 +216,5 @@ def weights_hash(model: AnySat) -> str:
     digest = hashlib.sha256()
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,19 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+PARITY = FIXTURES / "parity"
+
+
+def load_fixture(name: str):
+    path = PARITY / name
+    if not path.is_file():
+        pytest.skip(f"parity fixture {path} not present (expected ../shared/fixtures beside the repo)")
+    return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
