@@ -177,3 +177,55 @@ def check_batch(batch: Mapping[str, Tensor], patch_size: int, known: tuple[str, 
                 f"output_modality {output_modality!r} is not a patch-level sensor of this batch; use one of {spatial}."
             )
     return BatchLayout(sensors, batch_size, scale, grid, output_modality, masks)
+
+
+@dataclass(frozen=True)
+class SensorInput:
+    """A sensor's data in projector band order, with the mask of what was filled."""
+
+    data: Tensor
+    mask: Tensor | None
+    filled: tuple[str, ...]
+
+
+def select_bands(x: Tensor, band_names, sensor: str, *, band_dim: int = -3) -> SensorInput:
+    """Put a sensor's bands in projector order; absent bands are filled and reported.
+
+    Absent bands get value 0 and mask False: the model then gives them the projector's
+    missing-value parameter (``pad_value`` of the L-TAE projectors; 0, the normalised mean, for
+    the conv projectors), as AnySat does for missing data. Bands the projector does not use are
+    dropped. A ``UserWarning`` names the filled bands.
+
+    Args:
+        x: data with bands on ``band_dim``.
+        band_names: names of the bands of ``x``, in order (see ``xanysat.modalities.band_index``).
+        sensor: sensor name.
+
+    Example:
+        >>> x = torch.zeros(1, 2, 9, 6, 6)  # a 60 m Sentinel-2 product has no B08
+        >>> names = ["B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12"]
+        >>> select_bands(x, names, "s2").filled  # doctest: +SKIP
+        ('B08',)
+    """
+    import warnings
+
+    from xanysat.modalities import band_index
+
+    m = get_modality(sensor)
+    if x.shape[band_dim] != len(band_names):
+        raise DimensionError(f"{sensor!r} has {x.shape[band_dim]} bands on dim {band_dim} but {len(band_names)} names.")
+    indices, missing = band_index(m, band_names)
+    x = x.movedim(band_dim, -3)
+    shape = list(x.shape)
+    shape[-3] = m.n_bands
+    data = x.new_zeros(shape)
+    mask = torch.ones(shape, dtype=torch.bool, device=x.device) if missing else None
+    for target, source in enumerate(indices):
+        if source is None:
+            mask[..., target, :, :] = False
+        else:
+            data[..., target, :, :] = x[..., source, :, :]
+    if missing:
+        warnings.warn(f"{sensor}: bands {', '.join(missing)} absent from the input; filled with the "
+                      "projector's missing-value parameter.", stacklevel=2)
+    return SensorInput(data.movedim(-3, band_dim), None if mask is None else mask.movedim(-3, band_dim), tuple(missing))

@@ -176,7 +176,7 @@ class CrossAttention(nn.Module):
         B, N, C = x.shape
         height, width = grid
         n_patches = height * width
-        n_modalities = (N - n_prefix) // n_patches
+        n_modalities = (N - n_prefix) // n_patches if n_patches else 0
         q = (self.query + query_pos).view(1, -1, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.wk(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
