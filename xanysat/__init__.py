@@ -1,12 +1,27 @@
-"""xanysat: the AnySat foundation model for any mix of Earth-observation sensors, on xarray and Dask."""
+"""xanysat: the AnySat foundation model for any mix of Earth-observation sensors, on xarray and Dask.
+
+Importing ``xanysat`` is light: torch loads on first use of the model API.
+"""
+
+from importlib import import_module
 
 from xanysat.errors import AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError
 from xanysat.modalities import MODALITIES, Modality
-from xanysat.hub import load_model
-from xanysat.model import AnySat, AnySatConfig
+
+_LAZY = {"AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub"}
 
 __all__ = [
     "AnySat", "AnySatConfig", "MODALITIES", "Modality", "load_model",
     "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xanysat' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(__all__)

@@ -115,8 +115,20 @@ class PatchEncoder(nn.Module):
         )
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=1e-5)
 
+    chunk_tokens = 16384
+
     def forward(self, tokens: Tensor, spacing_m: float) -> tuple[Tensor, Tensor]:
-        """``tokens: (N, S, D)`` on a square sub-patch grid -> ``(N, D)`` patch and ``(N, S, D)`` sub-patch tokens."""
+        """``tokens: (N, S, D)`` on a square sub-patch grid -> ``(N, D)`` patch and ``(N, S, D)`` sub-patch tokens.
+
+        Patches run in chunks of about ``chunk_tokens`` tokens to bound memory.
+        """
+        step = max(1, self.chunk_tokens // (tokens.shape[1] + 1))
+        if tokens.shape[0] <= step:
+            return self._encode(tokens, spacing_m)
+        parts = [self._encode(tokens[i:i + step], spacing_m) for i in range(0, tokens.shape[0], step)]
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+    def _encode(self, tokens: Tensor, spacing_m: float) -> tuple[Tensor, Tensor]:
         N, S, D = tokens.shape
         side = round(S**0.5)
         pos = sincos_2d(D, side, side, spacing_m, like=tokens)

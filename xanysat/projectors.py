@@ -63,6 +63,9 @@ def _group_norm_masked(x: Tensor, groups: int, weight: Tensor, bias: Tensor, val
     return ((xg - mean) / torch.sqrt(var + eps)).view(N, T, D) * weight + bias
 
 
+CHUNK_OBSERVATIONS = 16384
+
+
 @lru_cache(maxsize=32)
 def _date_denominator(period: int, d: int) -> Tensor:
     return torch.pow(float(period), 2 * (torch.arange(d).float() // 2) / d)
@@ -111,7 +114,19 @@ class LTAEProjector(nn.Module):
         return torch.where(even, angles.sin(), angles.cos()).repeat(1, 1, self.n_head)
 
     def encode_series(self, x: Tensor, dates: Tensor, valid: Tensor | None) -> Tensor:
-        """``x: (N, T, C)``, ``dates: (N, T)``, ``valid: (N, T)`` or None -> ``(N, D)``."""
+        """``x: (N, T, C)``, ``dates: (N, T)``, ``valid: (N, T)`` or None -> ``(N, D)``.
+
+        Runs in chunks of about ``CHUNK_OBSERVATIONS`` pixel-dates to bound memory.
+        """
+        step = max(1, CHUNK_OBSERVATIONS // x.shape[1])
+        if x.shape[0] <= step:
+            return self._encode_chunk(x, dates, valid)
+        return torch.cat([
+            self._encode_chunk(x[i:i + step], dates[i:i + step], None if valid is None else valid[i:i + step])
+            for i in range(0, x.shape[0], step)
+        ])
+
+    def _encode_chunk(self, x: Tensor, dates: Tensor, valid: Tensor | None) -> Tensor:
         N, T, C = x.shape
         if valid is None:
             h = self.mlp_in(x.reshape(N * T, C)).view(N, T, -1)
