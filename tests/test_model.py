@@ -265,3 +265,17 @@ def test_model_module_does_not_import_xarray():
 
     code = "import sys, xanysat.model; print('xarray' in sys.modules or 'dask' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_training_after_inference_mode():
+    """Cached positions and iRPE buckets built under inference_mode must not break autograd later."""
+    from xanysat.layers import _irpe_buckets_cpu, _sincos_2d_cpu, _sincos_2d_on, irpe_buckets
+
+    for cache in (_irpe_buckets_cpu, _sincos_2d_cpu, _sincos_2d_on, irpe_buckets):
+        cache.cache_clear()
+    model = AnySat(AnySatConfig(embed_dim=D, depth=1, num_heads=2, sensors=("s2",)))
+    batch = synthetic_batch(("s2",), extent_m=40, batch_size=1)
+    with torch.inference_mode():
+        model.eval()(batch, 20)
+    model.train()(batch, 20).sum().backward()
+    assert model.cls_token.grad is not None

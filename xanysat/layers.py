@@ -30,6 +30,11 @@ def sincos_1d(dim: int, pos: Tensor) -> Tensor:
 
 @lru_cache(maxsize=256)
 def _sincos_2d_cpu(dim: int, height: int, width: int, spacing: float) -> Tensor:
+    with torch.inference_mode(False):
+        return _sincos_2d_grid(dim, height, width, spacing)
+
+
+def _sincos_2d_grid(dim: int, height: int, width: int, spacing: float) -> Tensor:
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     cols = cols.reshape(-1).float() * spacing
     rows = rows.reshape(-1).float() * spacing
@@ -42,7 +47,14 @@ def sincos_2d(dim: int, height: int, width: int, spacing: float, *, like: Tensor
     The first half of the channels encodes the column (x) coordinate, the second half the row
     (y), each multiplied by ``spacing`` (metres or 10 m units, as the caller's convention).
     """
-    return _sincos_2d_cpu(dim, height, width, float(spacing)).to(device=like.device, dtype=like.dtype)
+    return _sincos_2d_on(dim, height, width, float(spacing), like.device, like.dtype)
+
+
+@lru_cache(maxsize=256)
+def _sincos_2d_on(dim: int, height: int, width: int, spacing: float, device: torch.device,
+                  dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False):  # cached tensors must stay usable by autograd later
+        return _sincos_2d_cpu(dim, height, width, spacing).to(device=device, dtype=dtype)
 
 
 def _irpe_bucket(distance: Tensor) -> Tensor:
@@ -55,6 +67,11 @@ def _irpe_bucket(distance: Tensor) -> Tensor:
 
 @lru_cache(maxsize=256)
 def _irpe_buckets_cpu(height: int, width: int, n_prefix: int) -> Tensor:
+    with torch.inference_mode(False):
+        return _irpe_bucket_grid(height, width, n_prefix)
+
+
+def _irpe_bucket_grid(height: int, width: int, n_prefix: int) -> Tensor:
     rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     pos = torch.stack([rows.reshape(-1), cols.reshape(-1)], dim=1).double()
     distance = (pos[:, None, :] - pos[None, :, :]).square().sum(-1).sqrt().round()
@@ -65,13 +82,15 @@ def _irpe_buckets_cpu(height: int, width: int, n_prefix: int) -> Tensor:
     return buckets
 
 
+@lru_cache(maxsize=256)
 def irpe_buckets(height: int, width: int, n_prefix: int, device: torch.device) -> Tensor:
     """Bucket ids ``(n_prefix + h*w, n_prefix + h*w)`` of iRPE 'euc' on a row-major grid.
 
     Distances 0, 1, 2-3 and >= 4 cells map to buckets 3, 4, 5, 6; any pair with a prefix
     (class or MODIS) token maps to bucket 7.
     """
-    return _irpe_buckets_cpu(height, width, n_prefix).to(device)
+    with torch.inference_mode(False):
+        return _irpe_buckets_cpu(height, width, n_prefix).to(device)
 
 
 def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
