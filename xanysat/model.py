@@ -7,7 +7,7 @@ optional ``<name>_mask``; outputs are channels last.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
