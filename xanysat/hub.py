@@ -77,8 +77,10 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
         CheckpointError: ``"base"`` requested but its weights cannot be found or fetched.
 
     Example:
+        >>> import xanysat
         >>> model = xanysat.load_model("base")  # doctest: +SKIP
-        >>> model = xanysat.load_model("untrained-tiny")
+        >>> xanysat.load_model("untrained-tiny").config.embed_dim
+        256
     """
     from xanysat.checkpoint import load_official, load_pretrained
 
