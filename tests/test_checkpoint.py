@@ -43,6 +43,8 @@ def test_official_round_trip_is_strict():
         AnySat.from_official({k: v for k, v in state.items() if k != "cls_token"}, model.config)
     with pytest.raises(CheckpointError, match="not AnySat keys"):
         AnySat.from_official({**state, "predictor.mask_token": torch.zeros(1)}, model.config)
+    with pytest.raises(CheckpointError, match="projector_s1-des"):
+        AnySat.from_official({**state, "projector_s1-des.pad_parameter": torch.zeros(())}, model.config)
     with pytest.raises(CheckpointError, match="wrong shape"):
         AnySat.from_official({**state, "cls_token": torch.zeros(1, 1, 8)}, model.config)
 

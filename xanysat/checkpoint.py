@@ -7,95 +7,71 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
 from xanysat.errors import CheckpointError
-from xanysat.model import ALL_SENSORS, AnySat, AnySatConfig
+from xanysat.model import AnySat, AnySatConfig
 
-_LTAE = {
-    "pad_parameter": "pad_value",
-    "patch_embed.inconv.": "mlp_in.",
-    "patch_embed.in_norm.": "in_norm.",
-    "patch_embed.attention_heads.Q": "query",
-    "patch_embed.attention_heads.fc1_k.": "key.",
-    "patch_embed.mlp.": "mlp_out.",
-    "patch_embed.out_norm.": "out_norm.",
-}
-_VHR = {"patch_embed.weight": "conv.weight", "mlp.": "mlp."}
-_BLOCK = {"attn.rpe_k.lookup_table_weight": "attn.rpe_weight"}
-_CROSS = {"attn.q_learned": "attn.query", "attn.rpe_k.lookup_table_weight": "attn.rpe_weight"}
+# (official key, xanysat key) templates, tried in order: {s} sensor, {i} block index, {r} rest,
+# {D} the combiner depth (index of the cross-attention block in the official "blocks" list).
+_KEY_RULES = (
+    ("cls_token", "cls_token"),
+    ("projector_{s}.patch_embed.weight", "projectors.{s}.conv.weight"),
+    ("projector_{s}.mlp.{r}", "projectors.{s}.mlp.{r}"),
+    ("projector_{s}.pad_parameter", "projectors.{s}.pad_value"),
+    ("projector_{s}.patch_embed.inconv.{r}", "projectors.{s}.mlp_in.{r}"),
+    ("projector_{s}.patch_embed.in_norm.{r}", "projectors.{s}.in_norm.{r}"),
+    ("projector_{s}.patch_embed.attention_heads.Q", "projectors.{s}.query"),
+    ("projector_{s}.patch_embed.attention_heads.fc1_k.{r}", "projectors.{s}.key.{r}"),
+    ("projector_{s}.patch_embed.mlp.{r}", "projectors.{s}.mlp_out.{r}"),
+    ("projector_{s}.patch_embed.out_norm.{r}", "projectors.{s}.out_norm.{r}"),
+    ("spatial_encoder.cls_token", "patch_encoder.cls_token"),
+    ("spatial_encoder.predictor_norm.{r}", "patch_encoder.norm.{r}"),
+    ("spatial_encoder.predictor_blocks.{i}.attn.rpe_k.lookup_table_weight", "patch_encoder.blocks.{i}.attn.rpe_weight"),
+    ("spatial_encoder.predictor_blocks.{i}.{r}", "patch_encoder.blocks.{i}.{r}"),
+    ("blocks.{D}.attn.q_learned", "combiner.cross.attn.query"),
+    ("blocks.{D}.attn.rpe_k.lookup_table_weight", "combiner.cross.attn.rpe_weight"),
+    ("blocks.{D}.{r}", "combiner.cross.{r}"),
+    ("blocks.{i}.{r}", "combiner.blocks.{i}.{r}"),
+)
+_PLACEHOLDERS = {"s": r"(?P<s>[a-z0-9-]+)", "i": r"(?P<i>\d+)", "r": r"(?P<r>.+)"}
 _LIGHTNING_PREFIXES = ("target_encoder.", "model.encoder.", "model.")
 
 
-def _rename(rest: str, table: dict[str, str]) -> str | None:
-    for old, new in table.items():
-        if rest.startswith(old):
-            return new + rest[len(old):]
+@lru_cache(maxsize=None)
+def _template_regex(template: str, depth: int) -> re.Pattern:
+    parts = re.split(r"\{(\w)\}", template.replace("{D}", str(depth)))
+    return re.compile("".join(_PLACEHOLDERS[p] if i % 2 else re.escape(p) for i, p in enumerate(parts)))
+
+
+def _translate(key: str, depth: int, official_to_ours: bool) -> str | None:
+    for official, ours in _KEY_RULES:
+        source, target = (official, ours) if official_to_ours else (ours, official)
+        if match := _template_regex(source, depth).fullmatch(key):
+            return target.replace("{D}", str(depth)).format(**match.groupdict())
     return None
 
 
 def official_to_xanysat_key(key: str, depth: int) -> str | None:
     """Map one official state-dict key to xanysat's naming (None if it has no counterpart)."""
-    if key == "cls_token":
-        return key
-    if m := re.fullmatch(r"projector_([a-z0-9-]+)\.(.+)", key):
-        sensor, rest = m.groups()
-        table = _LTAE if sensor in ALL_SENSORS and _is_time_series(sensor) else _VHR
-        new = _rename(rest, table)
-        return None if new is None else f"projectors.{sensor}.{new}"
-    if m := re.fullmatch(r"spatial_encoder\.(.+)", key):
-        rest = m.group(1)
-        if rest == "cls_token":
-            return "patch_encoder.cls_token"
-        if rest.startswith("predictor_norm."):
-            return "patch_encoder.norm." + rest.split(".", 1)[1]
-        if b := re.fullmatch(r"predictor_blocks\.(\d+)\.(.+)", rest):
-            return f"patch_encoder.blocks.{b.group(1)}.{_rename(b.group(2), _BLOCK) or b.group(2)}"
-        return None
-    if b := re.fullmatch(r"blocks\.(\d+)\.(.+)", key):
-        index, rest = int(b.group(1)), b.group(2)
-        if index < depth:
-            return f"combiner.blocks.{index}.{rest}"
-        if index == depth:
-            return f"combiner.cross.{_rename(rest, _CROSS) or rest}"
-    return None
+    return _translate(key, depth, official_to_ours=True)
 
 
 def xanysat_to_official_key(key: str, depth: int) -> str:
     """Inverse of ``official_to_xanysat_key``."""
-    def invert(rest: str, table: dict[str, str]) -> str:
-        return _rename(rest, {new: old for old, new in table.items()}) or rest
-
-    if key == "cls_token":
-        return key
-    if key.startswith("projectors."):
-        _, sensor, rest = key.split(".", 2)
-        return f"projector_{sensor}." + invert(rest, _LTAE if _is_time_series(sensor) else _VHR)
-    if key == "patch_encoder.cls_token":
-        return "spatial_encoder.cls_token"
-    if key.startswith("patch_encoder.norm."):
-        return "spatial_encoder.predictor_norm." + key.rsplit(".", 1)[1]
-    if b := re.fullmatch(r"patch_encoder\.blocks\.(\d+)\.(.+)", key):
-        return f"spatial_encoder.predictor_blocks.{b.group(1)}.{invert(b.group(2), _BLOCK)}"
-    if b := re.fullmatch(r"combiner\.blocks\.(\d+)\.(.+)", key):
-        return f"blocks.{b.group(1)}.{b.group(2)}"
-    if key.startswith("combiner.cross."):
-        return f"blocks.{depth}." + invert(key[len("combiner.cross."):], _CROSS)
-    raise KeyError(key)
+    official = _translate(key, depth, official_to_ours=False)
+    if official is None:
+        raise KeyError(key)
+    return official
 
 
 def to_official_state_dict(model: AnySat) -> dict[str, Tensor]:
     """The model's weights under the official key names (loadable by the release's ``AnySat.model``)."""
     return {xanysat_to_official_key(k, model.config.depth): v for k, v in model.state_dict().items()}
-
-
-def _is_time_series(sensor: str) -> bool:
-    from xanysat.modalities import MODALITIES
-
-    return MODALITIES[sensor].time_series
 
 
 def config_from_official(config: dict) -> AnySatConfig:
@@ -141,12 +117,15 @@ def convert_official_state_dict(state_dict: dict[str, Tensor], config: AnySatCon
 
     Projectors of sensors outside ``config.sensors`` are dropped on purpose.
     """
+    from xanysat.modalities import MODALITIES
+
     converted, unknown = {}, []
     for key, value in state_dict.items():
         new = official_to_xanysat_key(key, config.depth)
-        if new is None:
+        sensor = new.split(".")[1] if new and new.startswith("projectors.") else None
+        if new is None or (sensor is not None and sensor not in MODALITIES):
             unknown.append(key)
-        elif not new.startswith("projectors.") or new.split(".")[1] in config.sensors:
+        elif sensor is None or sensor in config.sensors:
             converted[new] = value
     if unknown:
         raise CheckpointError(f"{len(unknown)} keys of the checkpoint are not AnySat keys, e.g. {unknown[:5]}.")
