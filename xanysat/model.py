@@ -256,11 +256,8 @@ class AnySat(nn.Module):
                 dense_sub = sub
         n_prefix = 1 + len(tile_tokens)
         pos = sincos_2d(D, h, w, scale, like=self.cls_token) if h * w else self.cls_token.new_zeros(0, D)
-        x = torch.cat(
-            [self.cls_token.expand(B, -1, -1).to(patch_tokens[0].dtype if patch_tokens else tile_tokens[0].dtype)]
-            + tile_tokens + [t + pos.to(t.dtype) for t in patch_tokens],
-            dim=1,
-        )
+        cls = self.cls_token.expand(B, -1, -1).to((patch_tokens or tile_tokens)[0].dtype)
+        x = torch.cat([cls, *tile_tokens, *(t + pos.to(t.dtype) for t in patch_tokens)], dim=1)
         query_pos = torch.cat([pos.new_zeros(n_prefix, D), pos]).to(x.dtype)
         x = self.combiner(x, query_pos, (h, w), n_prefix)
         x = torch.cat([x[:, :1], x[:, n_prefix:]], dim=1)
