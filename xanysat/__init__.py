@@ -8,10 +8,17 @@ from importlib import import_module
 from xanysat.errors import AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError
 from xanysat.modalities import MODALITIES, Modality
 
-_LAZY = {"AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub"}
+import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
+
+_LAZY = {
+    "AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub",
+    "embed": "xanysat.embed", "fit_normalization": "xanysat.normalization", "plan": "xanysat.plan",
+    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points",
+}
 
 __all__ = [
     "AnySat", "AnySatConfig", "MODALITIES", "Modality", "load_model",
+    "embed", "embed_points", "embed_to_zarr", "fit_normalization", "plan",
     "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError",
 ]
 __version__ = "0.1.0"

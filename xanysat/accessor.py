@@ -1,0 +1,61 @@
+"""The ``.anysat`` accessor on DataTree, Dataset and DataArray: forwarding only.
+
+``ds.anysat.embed(...)`` is ``xanysat.embed(ds, ...)``; on an embedding cube,
+``emb.anysat.pca_rgb()`` and ``emb.anysat.similarity(...)`` are ``xanysat.viz`` functions.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import xarray as xr
+
+
+def _forward(function_path: str):
+    module, name = function_path.rsplit(".", 1)
+
+    def method(self, *args, **kwargs):
+        from importlib import import_module
+
+        return getattr(import_module(module), name)(self._obj, *args, **kwargs)
+
+    method.__name__ = name
+
+    def wrap(stub):
+        functools.update_wrapper(method, stub)
+        method.__doc__ = f"Same as ``{function_path}(obj, ...)``; see its documentation."
+        return method
+
+    return wrap
+
+
+class AnySatAccessor:
+    """``obj.anysat``: AnySat embeddings and maps for xarray objects."""
+
+    def __init__(self, obj):
+        self._obj = obj
+
+    @_forward("xanysat.embed.embed")
+    def embed(self, *args, **kwargs): ...
+
+    @_forward("xanysat.plan.plan")
+    def plan(self, *args, **kwargs): ...
+
+    @_forward("xanysat.io.embed_to_zarr")
+    def embed_to_zarr(self, *args, **kwargs): ...
+
+    @_forward("xanysat.normalization.fit_normalization")
+    def fit_normalization(self, *args, **kwargs): ...
+
+    @_forward("xanysat.viz.pca_rgb_map")
+    def pca_rgb(self, *args, **kwargs): ...
+
+    @_forward("xanysat.viz.similarity")
+    def similarity(self, *args, **kwargs): ...
+
+    @_forward("xanysat.viz.save_png")
+    def to_png(self, *args, **kwargs): ...
+
+
+for _register in (xr.register_dataset_accessor, xr.register_dataarray_accessor, xr.register_datatree_accessor):
+    _register("anysat")(AnySatAccessor)

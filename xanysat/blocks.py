@@ -1,0 +1,138 @@
+"""The body of one embedding task, on numpy arrays: assemble, tile, batch, forward, crop, mask."""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from xanysat.runtime import DTYPES, forward_lock, get_model
+
+
+def run_block(job, block: tuple[int, int], chunk_grids) -> np.ndarray:
+    """Embed the tiles of ``block``; ``chunk_grids[i]`` holds sensor i's input chunks (rows x cols)."""
+    g = job.geometry
+    windows = {plan.name: _assemble(plan, g, block, grid) for plan, grid in zip(job.sensors, chunk_grids)}
+    rows, cols = g.out_chunks[0][block[0]], g.out_chunks[1][block[1]]
+    out = np.full((job.features, rows, cols), np.nan, dtype="float32")
+    groups = defaultdict(list)
+    for tile in g.tiles_of_block(block):
+        inputs = {}
+        for plan in job.sensors:
+            x = _tile_input(plan, g, block, tile, windows[plan.name])
+            if np.isfinite(x).any():
+                inputs[plan.name] = x
+        spatial = [n for n in inputs if not _plan(job, n).tile_token]
+        if not inputs or (g.output != "tile" and not spatial):
+            continue
+        if g.output == "dense" and job.output_modality not in inputs:
+            continue
+        groups[tuple(inputs)].append((tile, inputs))
+    if groups:
+        model = get_model(job.model)
+        for sensors, items in groups.items():
+            for start in range(0, len(items), job.batch_size):
+                batch_items = items[start:start + job.batch_size]
+                result = _forward(model, job, sensors, [inputs for _, inputs in batch_items])
+                for (tile, _), value in zip(batch_items, result):
+                    _place(out, value, g, block, tile)
+    if g.output != "tile":
+        out[:, ~_valid_cells(job, windows, (rows, cols))] = np.nan
+    return out
+
+
+def _plan(job, name):
+    return next(p for p in job.sensors if p.name == name)
+
+
+def _assemble(plan, g, block, grid) -> np.ndarray:
+    from xanysat.embed import chunk_range, pixel_window
+
+    (r0, r1), (c0, c1) = pixel_window(plan, g, block)
+    lead = (plan.n_dates, plan.n_bands) if plan.doy is not None else (plan.n_bands,)
+    out = np.full((*lead, r1 - r0, c1 - c0), np.nan, dtype="float32")
+    rows, cols = chunk_range(plan, g, block)
+    cy, cx = plan.chunk_px
+    for i, r in enumerate(rows):
+        for j, c in enumerate(cols):
+            chunk = np.asarray(grid[i][j], dtype="float32")
+            y, x = r * cy - r0, c * cx - c0
+            ys, xs = max(0, -y), max(0, -x)
+            ye, xe = min(chunk.shape[-2], r1 - r0 - y), min(chunk.shape[-1], c1 - c0 - x)
+            out[..., y + ys:y + ye, x + xs:x + xe] = chunk[..., ys:ye, xs:xe]
+    return out
+
+
+def _tile_input(plan, g, block, tile, window) -> np.ndarray:
+    from xanysat.embed import pixel_window
+
+    (r0, _), (c0, _) = pixel_window(plan, g, block)
+    res = plan.resolution_m
+    lo = [tile[a] * g.tile_m[a] - g.overlap for a in range(2)]
+    hi = [(tile[a] + 1) * g.tile_m[a] + g.overlap for a in range(2)]
+    if not plan.tile_token:
+        ys, xs = round(lo[0] / res) - r0, round(lo[1] / res) - c0
+        ye, xe = round(hi[0] / res) - r0, round(hi[1] / res) - c0
+        return window[..., ys:ye, xs:xe]
+    picks = []
+    for a, offset in ((0, r0), (1, c0)):
+        centres = (np.arange(window.shape[-2 + a]) + offset + 0.5) * res
+        inside = np.flatnonzero((centres >= lo[a]) & (centres < hi[a]))
+        if inside.size == 0:
+            middle = (tile[a] + 0.5) * g.tile_m[a]
+            inside = np.array([int(middle // res) - offset])
+        picks.append(inside)
+    values = window[..., picks[0][:, None], picks[1][None, :]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=(-2, -1), keepdims=True)
+
+
+def _forward(model, job, sensors, inputs_list) -> np.ndarray:
+    ref = job.model
+    dtype = DTYPES[ref.dtype]
+    batch = {}
+    for name in sensors:
+        x = np.stack([inputs[name] for inputs in inputs_list])
+        valid = np.isfinite(x)
+        if not valid.all():
+            batch[f"{name}_mask"] = torch.from_numpy(valid).to(ref.device)
+            x = np.where(valid, x, 0.0).astype("float32")
+        batch[name] = torch.from_numpy(np.ascontiguousarray(x)).to(ref.device, dtype)
+        plan = _plan(job, name)
+        if plan.doy is not None:
+            dates = torch.tensor(plan.doy, dtype=torch.float32).expand(len(inputs_list), -1)
+            batch[f"{name}_dates"] = dates.to(ref.device)
+    g = job.geometry
+    with forward_lock(ref.device), torch.inference_mode():
+        y = model(batch, g.patch_size, g.output, job.output_modality if g.output == "dense" else None)
+        return y.float().cpu().numpy()
+
+
+def _place(out, value, g, block, tile) -> None:
+    ch, cw = g.cells_per_tile
+    row = (tile[0] - block[0] * g.block_tiles[0]) * ch
+    col = (tile[1] - block[1] * g.block_tiles[1]) * cw
+    if g.output == "tile":
+        out[:, row, col] = value
+        return
+    halo = round(g.overlap / g.cell_m[0])
+    core = value[halo:halo + ch, halo:halo + cw]
+    rows, cols = min(ch, out.shape[1] - row), min(cw, out.shape[2] - col)
+    out[:, row:row + rows, col:col + cols] = np.moveaxis(core[:rows, :cols], -1, 0)
+
+
+def _valid_cells(job, windows, shape) -> np.ndarray:
+    g = job.geometry
+    valid = np.zeros(shape, dtype=bool)
+    for plan in job.sensors:
+        if plan.tile_token or (g.output == "dense" and plan.name != job.output_modality):
+            continue
+        k = round(g.cell_m[0] / plan.resolution_m)
+        halo = round(g.overlap / plan.resolution_m)
+        px = np.isfinite(windows[plan.name]).reshape(-1, *windows[plan.name].shape[-2:]).any(axis=0)
+        core = px[halo:halo + shape[0] * k, halo:halo + shape[1] * k]
+        valid |= core.reshape(shape[0], k, shape[1], k).any(axis=(1, 3))
+    return valid

@@ -1,0 +1,276 @@
+"""``embed``: a multi-sensor cube in, a lazy georeferenced embedding cube out.
+
+One dask task per output block. A task receives, for every sensor, the input chunks under
+its block and halo (the input is first rechunked onto the block grid, so the result never
+depends on the input's chunks), cuts them into tiles, runs the model on batches of tiles
+(loaded once per worker process from a ``ModelRef``), crops the halos and masks cells with
+no valid input back to NaN.
+
+Missing data policy: NaN and nodata pixels, and bands the input lacks, are masked (the
+projectors use their missing-value parameter; dates with no valid value are left out); a
+sensor with no valid pixel in a tile's window is left out of that tile's forward; output
+cells with no valid input pixel in any sensor are NaN. Nothing is filled with zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from xanysat.cube import Cube, SensorCube, as_cube
+from xanysat.modalities import MODALITIES
+from xanysat.normalization import projector_bands, resolve_normalization
+from xanysat.runtime import ModelRef, model_ref
+from xanysat.tiling import Geometry, make_geometry
+
+EMBEDDING = "embedding"
+FEATURE = "feature"
+
+
+@dataclass(frozen=True)
+class SensorPlan:
+    """What a task needs to know about one sensor (small and picklable)."""
+
+    name: str
+    resolution_m: float
+    shape_px: tuple[int, int]
+    chunk_px: tuple[int, int]
+    doy: tuple[float, ...] | None
+    n_dates: int
+    n_bands: int
+
+    @property
+    def n_chunks(self) -> tuple[int, int]:
+        return tuple(math.ceil(n / c) for n, c in zip(self.shape_px, self.chunk_px))
+
+    @property
+    def tile_token(self) -> bool:
+        return MODALITIES[self.name].tile_token
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a block task needs besides its input chunks."""
+
+    model: ModelRef
+    geometry: Geometry
+    sensors: tuple[SensorPlan, ...]
+    batch_size: int
+    output_modality: str | None
+    features: int
+
+
+def day_of_year(times: np.ndarray, origin=None) -> np.ndarray:
+    """Dates as the model takes them: 1-based day of year (the official loaders), or days since
+    ``origin`` (e.g. ``"2018-09-01"`` for PASTIS-style weights)."""
+    t = np.asarray(times, dtype="datetime64[D]")
+    if origin is None:
+        return (t - t.astype("datetime64[Y]")).astype("int64") + 1
+    return (t - np.datetime64(origin, "D")).astype("int64")
+
+
+def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
+          batch_size: int = 16, device="auto", dtype=None, normalize=True, output_modality: str | None = None,
+          block_tiles=None, sensor: str | None = None, date_origin=None) -> xr.DataArray:
+    """Embed a multi-sensor cube with AnySat, lazily.
+
+    Args:
+        data: ``xr.DataTree`` with one node per sensor at its native resolution, or a
+            ``Dataset``/``DataArray`` (see ``xanysat.cube``); one CRS, one grid origin.
+            Values in the units of the sensor table's statistics (S2 L2A: reflectance x 1e4).
+        patch_size: patch side in metres, a multiple of 10 (``patch_size_meters`` in rslearn).
+        output: ``"patch"`` (one vector per patch), ``"tile"`` (one per tile, on a coarse
+            grid) or ``"dense"`` (one per sub-patch of ``output_modality``: ``[patch, sub-patch]``).
+        model: an ``AnySat``, a ``load_model`` name or directory, or None (``load_model()``).
+        tile_size: the model's context in metres (default: up to 32 x 32 patches).
+        overlap: halo in metres around each tile, cropped after the forward (removes seams).
+        batch_size: tiles per forward.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
+        dtype: ``"float32"`` (CPU default), ``"bfloat16"`` (CUDA default) or ``"float16"``.
+        normalize: True (sensor table statistics), False (already normalised), or a mapping
+            sensor -> ``NormStats`` / ``(mean, std)`` / bool, e.g. from ``fit_normalization``.
+        block_tiles: tiles per output chunk side (default: by memory, at most 8).
+        sensor: the sensor of a single-sensor input that does not name it.
+        date_origin: None for day-of-year dates, or a date to count days from.
+
+    Returns:
+        A lazy ``DataArray`` named ``"embedding"``, dims ``("feature", "y", "x")``, float32, with
+        ``x``/``y`` at cell centres, ``spatial_ref`` and provenance attrs.
+
+    Example:
+        >>> import xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)
+        >>> emb = xanysat.embed(cube, patch_size=40, model="untrained-tiny")
+        >>> emb.sizes["y"], emb.sizes["x"], emb.dims
+        (3, 2, ('feature', 'y', 'x'))
+    """
+    cube = as_cube(data, sensor)
+    job, arrays = plan_job(cube, patch_size, output, model=model, tile_size=tile_size, overlap=overlap,
+                           batch_size=batch_size, device=device, dtype=dtype, normalize=normalize,
+                           output_modality=output_modality, block_tiles=block_tiles, date_origin=date_origin)
+    return _to_dataarray(cube, job, _graph(job, arrays), normalize_attrs=arrays["__norm__"])
+
+
+def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch_size, device, dtype, normalize,
+             output_modality, block_tiles, date_origin, ref: ModelRef | None = None):
+    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays."""
+    names = tuple(cube.sensors)
+    tile_bytes = None
+    if block_tiles is None:
+        geometry0 = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size,
+                                  overlap=overlap, block_tiles=1, output_modality=output_modality)
+        tile_bytes = sum(_window_bytes(s, geometry0.tile_m, overlap) for s in cube.sensors.values())
+    geometry = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
+                             block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes)
+    if output == "dense":
+        output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
+    ref = ref or model_ref(model, device=device, dtype=dtype)
+    features = _features(ref) * (2 if output == "dense" else 1)
+    stats = resolve_normalization(names, normalize)
+    plans, arrays = [], {}
+    for name, s in cube.sensors.items():
+        chunk_px = _chunk_px(s, geometry)
+        values = projector_bands(s)
+        if stats[name] is not None:
+            mean = xr.DataArray(np.asarray(stats[name].mean, "float32"), dims="band")
+            std = xr.DataArray(np.asarray(stats[name].std, "float32"), dims="band")
+            values = (values - mean) / std
+        chunks = {"band": -1, "y": chunk_px[0], "x": chunk_px[1]}
+        if "time" in values.dims:
+            chunks["time"] = -1
+        arrays[name] = values.chunk(chunks).data
+        doy = None if s.dates is None else tuple(float(d) for d in day_of_year(s.dates, date_origin))
+        n_dates = 0 if s.dates is None else len(s.dates)
+        plans.append(SensorPlan(name, s.resolution_m, s.shape_px, chunk_px, doy, n_dates, MODALITIES[name].n_bands))
+    job = EmbedJob(ref, geometry, tuple(plans), int(batch_size), output_modality, features)
+    arrays["__norm__"] = {
+        n: None if v is None else {"mean": list(v.mean), "std": list(v.std), "source": v.source}
+        for n, v in stats.items()
+    }
+    return job, arrays
+
+
+def _features(ref: ModelRef) -> int:
+    from xanysat.runtime import get_model
+
+    return get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")).config.embed_dim
+
+
+def _window_bytes(s: SensorCube, tile_m, overlap) -> int:
+    m = MODALITIES[s.name]
+    dates = 1 if s.dates is None else len(s.dates)
+    if m.tile_token:
+        px = [math.ceil((t + 2 * overlap) / s.resolution_m) + 1 for t in tile_m]
+    else:
+        px = [round((t + 2 * overlap) / s.resolution_m) for t in tile_m]
+    return dates * m.n_bands * px[0] * px[1] * 4
+
+
+def _chunk_px(s: SensorCube, g: Geometry) -> tuple[int, int]:
+    return tuple(max(1, math.ceil(round(b / s.resolution_m, 6))) for b in g.block_m)
+
+
+def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel rows and columns ``[start, stop)`` of a block with its halo (may exceed the grid)."""
+    window = []
+    for axis in range(2):
+        first = block[axis] * g.block_tiles[axis]
+        count = min(g.block_tiles[axis], g.n_tiles[axis] - first)
+        lo = first * g.tile_m[axis] - g.overlap
+        hi = (first + count) * g.tile_m[axis] + g.overlap
+        window.append((math.floor(round(lo / plan.resolution_m, 6)), math.ceil(round(hi / plan.resolution_m, 6))))
+    return tuple(window)
+
+
+def chunk_range(plan: SensorPlan, g: Geometry, block) -> tuple[range, range]:
+    """The input chunks (rows, columns) a block's window touches."""
+    ranges = []
+    for (lo, hi), c, n in zip(pixel_window(plan, g, block), plan.chunk_px, plan.n_chunks):
+        ranges.append(range(max(0, lo // c), min(n, math.ceil(hi / c))))
+    return tuple(ranges)
+
+
+def _graph(job: EmbedJob, arrays: dict):
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    g = job.geometry
+    inputs = [arrays[p.name] for p in job.sensors]
+    name = f"anysat-embed-{tokenize(job, *[a.name for a in inputs])}"
+    layer = {}
+    for bi in range(g.n_blocks[0]):
+        for bj in range(g.n_blocks[1]):
+            args = []
+            for plan, array in zip(job.sensors, inputs):
+                lead = (0,) * (array.ndim - 2)
+                rows, cols = chunk_range(plan, g, (bi, bj))
+                args.append([[(array.name, *lead, r, c) for c in cols] for r in rows])
+            layer[(name, 0, bi, bj)] = (embed_block, job, bi, bj, *args)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=inputs)
+    chunks = ((job.features,), *g.out_chunks)
+    return da.Array(graph, name, chunks=chunks, dtype="float32", meta=np.empty((0, 0, 0), dtype="float32"))
+
+
+def embed_block(job: EmbedJob, bi: int, bj: int, *chunk_grids) -> np.ndarray:
+    """The task: embed the tiles of block ``(bi, bj)``; returns ``(features, rows, cols)``."""
+    from xanysat.blocks import run_block
+
+    return run_block(job, (bi, bj), chunk_grids)
+
+
+def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataArray:
+    import xanysat
+
+    g = job.geometry
+    x0, y0 = cube.origin
+    ch, cw = g.cell_m
+    y = y0 - (np.arange(g.out_shape[0]) + 0.5) * ch
+    x = x0 + (np.arange(g.out_shape[1]) + 0.5) * cw
+    sensors = {}
+    for name, s in cube.sensors.items():
+        _, missing = s.band_indices
+        derived = [b for b in missing if b in MODALITIES[name].derived_bands and _ratio_ok(s, b)]
+        sensors[name] = {
+            "bands": list(s.bands),
+            "missing_bands": [b for b in missing if b not in derived],
+            "dates": None if s.dates is None else [str(t)[:10] for t in s.dates.astype("datetime64[D]")],
+        }
+    attrs = {
+        "model_id": job.model.model_id,
+        "weights_sha256_16": job.model.weights,
+        "patch_size_m": g.patch_size,
+        "output": g.output,
+        "tile_size_m": list(g.tile_m),
+        "overlap_m": g.overlap,
+        "sensors": list(cube.sensors),
+        "inputs": json.dumps(sensors),
+        "normalization": json.dumps(normalize_attrs),
+        "dates": "day of year (1 = 1 January)",
+        "missing_data": "NaN/nodata pixels and absent bands masked; cells with no valid input are NaN",
+        "xanysat_version": xanysat.__version__,
+    }
+    if g.output == "dense":
+        attrs["output_modality"] = job.output_modality
+    out = xr.DataArray(
+        array, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=attrs,
+        coords={FEATURE: np.arange(job.features), "y": y, "x": x},
+    )
+    return out.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+
+
+def _ratio_ok(s: SensorCube, band: str) -> bool:
+    m = MODALITIES[s.name]
+    indices, _ = s.band_indices
+    return all(indices[m.bands.index(b)] is not None for b in band.split("/"))
+
+
+def _transform(x0, y0, cw, ch):
+    from affine import Affine
+
+    return Affine(cw, 0.0, x0, 0.0, -ch, y0)

@@ -1,0 +1,141 @@
+"""Models on workers: a small picklable reference in the graph, one model per process.
+
+A dask graph never holds the model: tasks carry a ``ModelRef`` (name or directory, weights
+hash, device, dtype) and ``get_model`` loads it once per worker process. A model object the
+user passes is registered in this process (threaded scheduler: used as is) and saved once
+under the cache directory, so that worker processes on this machine can load it; on a remote
+cluster pass a name or a directory every worker can read.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from xanysat.errors import CheckpointError
+
+_MODELS: dict[tuple, torch.nn.Module] = {}
+_REGISTERED: dict[str, torch.nn.Module] = {}
+_LOAD_LOCK = threading.Lock()
+_FORWARD_LOCKS: dict[str, threading.Lock] = {}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_dir() -> Path:
+    """Where xanysat keeps models it saved for workers (``$XANYSAT_CACHE`` or ``~/.cache/xanysat``)."""
+    return Path(os.environ.get("XANYSAT_CACHE", Path.home() / ".cache" / "xanysat"))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What a task needs to get its model: small, picklable, hashable."""
+
+    source: str | None
+    """``load_model`` name or a directory; ``None`` for the default model."""
+    weights: str
+    """Content hash of the weights (provenance, and the key of a registered model)."""
+    model_id: str
+    device: str
+    dtype: str
+
+
+def resolve_device(device: str | torch.device | None) -> str:
+    """``"auto"``/None: CUDA if available, else CPU."""
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but torch sees no CUDA device; use device='cpu' or 'auto'.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> str:
+    """None: float32 on CPU, bfloat16 on CUDA."""
+    if dtype is None:
+        return "bfloat16" if device.startswith("cuda") else "float32"
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}.")
+    return name
+
+
+def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
+    """Reference ``model`` (an ``AnySat``, a ``load_model`` name or directory, or None)."""
+    from xanysat.checkpoint import save_pretrained, weights_hash
+    from xanysat.hub import load_model
+    from xanysat.model import AnySat
+
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    if isinstance(model, AnySat):
+        obj, source = model, None
+    elif model is None or isinstance(model, (str, os.PathLike)):
+        source = None if model is None else str(model)
+        key = (source, "cpu", "float32")
+        if key not in _MODELS:
+            _MODELS[key] = load_model(source).eval()
+        obj = _MODELS[key]
+    else:
+        raise CheckpointError(f"model must be an AnySat, a load_model name or directory, or None; got {type(model).__name__}.")
+    weights = weights_hash(obj)
+    if isinstance(model, AnySat):
+        _REGISTERED[weights] = obj
+        directory = cache_dir() / "models" / weights
+        if not (directory / "config.json").is_file():
+            tmp = directory.with_name(f"{weights}.tmp{os.getpid()}")
+            save_pretrained(obj, tmp)
+            try:
+                tmp.rename(directory)
+            except OSError:  # another process saved it first
+                pass
+        source = str(directory)
+    return ModelRef(source, weights, obj.model_id, device, dtype)
+
+
+def get_model(ref: ModelRef) -> torch.nn.Module:
+    """The model for ``ref`` in this process, loaded once, in eval mode on its device and dtype."""
+    key = (ref.weights, ref.device, ref.dtype)
+    model = _MODELS.get(key)
+    if model is not None:
+        return model
+    with _LOAD_LOCK:
+        if key not in _MODELS:
+            _MODELS[key] = _load(ref)
+        return _MODELS[key]
+
+
+def _load(ref: ModelRef) -> torch.nn.Module:
+    from xanysat.hub import load_model
+
+    base = _REGISTERED.get(ref.weights) or _MODELS.get((ref.source, "cpu", "float32"))
+    if base is None:
+        from xanysat.checkpoint import weights_hash
+
+        base = load_model(ref.source)
+        if weights_hash(base) != ref.weights:
+            raise CheckpointError(
+                f"this worker loaded {ref.source or 'the default model'} with weights {weights_hash(base)}, but the "
+                f"graph was built for {ref.weights} ({ref.model_id}); give every worker the same model files."
+            )
+    import copy
+
+    model = base if (ref.device, ref.dtype) == ("cpu", "float32") else copy.deepcopy(base)
+    model = model.to(ref.device, DTYPES[ref.dtype]).eval()
+    return model
+
+
+def forward_lock(device: str) -> threading.Lock:
+    """One forward at a time per device in a process: threads read and prepare data in
+    parallel, while the model uses all of torch's threads (or the whole GPU) for one batch."""
+    with _LOAD_LOCK:
+        return _FORWARD_LOCKS.setdefault(device, threading.Lock())
+
+
+def loaded_models() -> int:
+    """How many models this process holds (for tests of per-worker caching)."""
+    return len(_MODELS)
