@@ -12,7 +12,7 @@ import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
 
 _LAZY = {
     "AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub",
-    "embed": "xanysat.embed", "fit_normalization": "xanysat.normalization", "plan": "xanysat.plan",
+    "embed": "xanysat.embedding", "fit_normalization": "xanysat.normalization", "plan": "xanysat.planning",
     "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points",
 }
 

@@ -35,10 +35,10 @@ class AnySatAccessor:
     def __init__(self, obj):
         self._obj = obj
 
-    @_forward("xanysat.embed.embed")
+    @_forward("xanysat.embedding.embed")
     def embed(self, *args, **kwargs): ...
 
-    @_forward("xanysat.plan.plan")
+    @_forward("xanysat.planning.plan")
     def plan(self, *args, **kwargs): ...
 
     @_forward("xanysat.io.embed_to_zarr")

@@ -48,7 +48,7 @@ def _plan(job, name):
 
 
 def _assemble(plan, g, block, grid) -> np.ndarray:
-    from xanysat.embed import chunk_range, pixel_window
+    from xanysat.embedding import chunk_range, pixel_window
 
     (r0, r1), (c0, c1) = pixel_window(plan, g, block)
     lead = (plan.n_dates, plan.n_bands) if plan.doy is not None else (plan.n_bands,)
@@ -66,7 +66,7 @@ def _assemble(plan, g, block, grid) -> np.ndarray:
 
 
 def _tile_input(plan, g, block, tile, window) -> np.ndarray:
-    from xanysat.embed import pixel_window
+    from xanysat.embedding import pixel_window
 
     (r0, _), (c0, _) = pixel_window(plan, g, block)
     res = plan.resolution_m

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from xanysat.errors import DimensionError, ModalityError
