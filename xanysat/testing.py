@@ -178,8 +178,8 @@ def synthetic_cube(
 
     Example:
         >>> cube = synthetic_cube(("naip", "s2"), extent_m=(80, 120), n_dates=2)
-        >>> dict(cube["naip"].sizes), dict(cube["s2"].sizes)
-        ({'band': 4, 'y': 64, 'x': 96}, {'time': 2, 'band': 10, 'y': 8, 'x': 12})
+        >>> cube["naip"]["naip"].shape, cube["s2"]["s2"].dims
+        ((4, 64, 96), ('time', 'band', 'y', 'x'))
     """
     import numpy as np
     import rioxarray  # noqa: F401  (registers .rio)
