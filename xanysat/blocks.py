@@ -70,8 +70,8 @@ def _tile_input(plan, g, block, tile, window) -> np.ndarray:
 
     (r0, _), (c0, _) = pixel_window(plan, g, block)
     res = plan.resolution_m
-    lo = [tile[a] * g.tile_m[a] - g.overlap for a in range(2)]
-    hi = [(tile[a] + 1) * g.tile_m[a] + g.overlap for a in range(2)]
+    lo = [tile[a] * g.tile_m[a] - g.overlap + g.offset_m[a] for a in range(2)]
+    hi = [(tile[a] + 1) * g.tile_m[a] + g.overlap + g.offset_m[a] for a in range(2)]
     if not plan.tile_token:
         ys, xs = round(lo[0] / res) - r0, round(lo[1] / res) - c0
         ye, xe = round(hi[0] / res) - r0, round(hi[1] / res) - c0
@@ -81,7 +81,7 @@ def _tile_input(plan, g, block, tile, window) -> np.ndarray:
         centres = (np.arange(window.shape[-2 + a]) + offset + 0.5) * res
         inside = np.flatnonzero((centres >= lo[a]) & (centres < hi[a]))
         if inside.size == 0:
-            middle = (tile[a] + 0.5) * g.tile_m[a]
+            middle = (tile[a] + 0.5) * g.tile_m[a] + g.offset_m[a]
             inside = np.array([int(middle // res) - offset])
         picks.append(inside)
     values = window[..., picks[0][:, None], picks[1][None, :]]

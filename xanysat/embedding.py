@@ -75,7 +75,7 @@ def day_of_year(times: np.ndarray, origin=None) -> np.ndarray:
 
 def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
           batch_size: int = 16, device="auto", dtype=None, normalize=True, output_modality: str | None = None,
-          block_tiles=None, sensor: str | None = None, date_origin=None) -> xr.DataArray:
+          block_tiles=None, sensor: str | None = None, date_origin=None, window=None) -> xr.DataArray:
     """Embed a multi-sensor cube with AnySat, lazily.
 
     Args:
@@ -96,6 +96,9 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
         block_tiles: tiles per output chunk side (default: by memory, at most 8).
         sensor: the sensor of a single-sensor input that does not name it.
         date_origin: None for day-of-year dates, or a date to count days from.
+        window: ``((y_offset, x_offset), (height, width))`` in metres from the cube's top-left
+            corner: embed only this part, the data around it serving as halo. Offsets that are
+            multiples of the tile size give exactly the cells of a whole-cube run.
 
     Returns:
         A lazy ``DataArray`` named ``"embedding"``, dims ``("feature", "y", "x")``, float32, with
@@ -112,21 +115,24 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
     cube = as_cube(data, sensor)
     job, arrays = plan_job(cube, patch_size, output, model=model, tile_size=tile_size, overlap=overlap,
                            batch_size=batch_size, device=device, dtype=dtype, normalize=normalize,
-                           output_modality=output_modality, block_tiles=block_tiles, date_origin=date_origin)
+                           output_modality=output_modality, block_tiles=block_tiles, date_origin=date_origin,
+                           window=window)
     return _to_dataarray(cube, job, _graph(job, arrays), normalize_attrs=arrays["__norm__"])
 
 
 def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch_size, device, dtype, normalize,
-             output_modality, block_tiles, date_origin, ref: ModelRef | None = None):
+             output_modality, block_tiles, date_origin, window=None, ref: ModelRef | None = None):
     """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays."""
     names = tuple(cube.sensors)
+    offset, extent = _window(cube, window)
     tile_bytes = None
     if block_tiles is None:
-        geometry0 = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size,
+        geometry0 = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size,
                                   overlap=overlap, block_tiles=1, output_modality=output_modality)
         tile_bytes = sum(_window_bytes(s, geometry0.tile_m, overlap) for s in cube.sensors.values())
-    geometry = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                             block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes)
+    geometry = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
+                             block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
+                             offset_m=offset)
     if output == "dense":
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
     ref = ref or model_ref(model, device=device, dtype=dtype)
@@ -155,6 +161,18 @@ def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch
     return job, arrays
 
 
+def _window(cube: Cube, window):
+    if window is None:
+        return (0.0, 0.0), cube.extent_m
+    try:
+        (oy, ox), (h, w) = window
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be ((y_offset, x_offset), (height, width)) in metres, got {window!r}.") from None
+    if min(oy, ox) < 0 or min(h, w) <= 0 or oy + h > cube.extent_m[0] + 1e-6 or ox + w > cube.extent_m[1] + 1e-6:
+        raise ValueError(f"window {window!r} is not inside the cube's {cube.extent_m[0]:g} m x {cube.extent_m[1]:g} m.")
+    return (float(oy), float(ox)), (float(h), float(w))
+
+
 def _features(ref: ModelRef) -> int:
     from xanysat.runtime import get_model
 
@@ -181,8 +199,8 @@ def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple
     for axis in range(2):
         first = block[axis] * g.block_tiles[axis]
         count = min(g.block_tiles[axis], g.n_tiles[axis] - first)
-        lo = first * g.tile_m[axis] - g.overlap
-        hi = (first + count) * g.tile_m[axis] + g.overlap
+        lo = first * g.tile_m[axis] - g.overlap + g.offset_m[axis]
+        hi = (first + count) * g.tile_m[axis] + g.overlap + g.offset_m[axis]
         window.append((math.floor(round(lo / plan.resolution_m, 6)), math.ceil(round(hi / plan.resolution_m, 6))))
     return tuple(window)
 
@@ -228,7 +246,7 @@ def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataA
     import xanysat
 
     g = job.geometry
-    x0, y0 = cube.origin
+    x0, y0 = cube.origin[0] + g.offset_m[1], cube.origin[1] - g.offset_m[0]
     ch, cw = g.cell_m
     y = y0 - (np.arange(g.out_shape[0]) + 0.5) * ch
     x = x0 + (np.arange(g.out_shape[1]) + 0.5) * cw

@@ -39,6 +39,8 @@ class Geometry:
     block_tiles: tuple[int, int]
     output: str
     cell_m: tuple[float, float]
+    offset_m: tuple[float, float] = (0.0, 0.0)
+    """Where the tile grid starts inside the cube's data (data before it serves as halo only)."""
 
     @property
     def n_tiles(self) -> tuple[int, int]:
@@ -81,7 +83,8 @@ class Geometry:
 
 
 def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=None, overlap=0,
-                  block_tiles=None, output_modality=None, tile_bytes=None, max_block_bytes=512 * 2**20) -> Geometry:
+                  block_tiles=None, output_modality=None, tile_bytes=None, max_block_bytes=512 * 2**20,
+                  offset_m=(0.0, 0.0)) -> Geometry:
     """Check the tiling options against the cube's sensors and build the ``Geometry``.
 
     Args:
@@ -152,7 +155,8 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
     for b, t in zip(block_tiles, tile_m):
         if overlap > b * t:
             raise PatchSizeError(f"overlap {overlap} m is larger than a block ({b * t} m); use a smaller overlap or larger blocks.")
-    return Geometry(tuple(float(e) for e in extent_m), patch_size, tile_m, overlap, block_tiles, output, cell_m)
+    return Geometry(tuple(float(e) for e in extent_m), patch_size, tile_m, overlap, block_tiles, output, cell_m,
+                    tuple(float(o) for o in offset_m))
 
 
 def _pair(value, what: str) -> tuple[int, int]:
