@@ -35,8 +35,18 @@ class AnySatAccessor:
     def __init__(self, obj):
         self._obj = obj
 
-    @_forward("xanysat.embedding.embed")
-    def embed(self, *args, **kwargs): ...
+    def embed(self, *args, **kwargs):
+        """Same as ``xanysat.embed(obj, ...)``; for point samples (a ``sample`` dim), the same
+        as ``xanysat.embed_points(obj, ...)``."""
+        from xanysat.embedding import embed
+        from xanysat.points import embed_points
+
+        if not isinstance(self._obj, xr.DataTree) and "sample" in self._obj.dims:
+            return embed_points(self._obj, *args, **kwargs)
+        return embed(self._obj, *args, **kwargs)
+
+    @_forward("xanysat.points.embed_points")
+    def embed_points(self, *args, **kwargs): ...
 
     @_forward("xanysat.planning.plan")
     def plan(self, *args, **kwargs): ...

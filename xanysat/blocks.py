@@ -19,9 +19,15 @@ def run_block(job, block: tuple[int, int], chunk_grids) -> np.ndarray:
     out = np.full((job.features, rows, cols), np.nan, dtype="float32")
     groups = defaultdict(list)
     for tile in g.tiles_of_block(block):
-        inputs = {}
+        inputs, kept = {}, {}
         for plan in job.sensors:
             x = _tile_input(plan, g, block, tile, windows[plan.name])
+            if plan.doy is not None:
+                # Dates with no valid value in the tile are left out, as if the cube lacked them
+                # (masked, they would still reach the pixels that have no valid date at all).
+                dates = np.flatnonzero(np.isfinite(x).reshape(x.shape[0], -1).any(axis=1))
+                x = x if dates.size == x.shape[0] else x[dates]
+                kept[plan.name] = tuple(int(d) for d in dates)
             if np.isfinite(x).any():
                 inputs[plan.name] = x
         spatial = [n for n in inputs if not _plan(job, n).tile_token]
@@ -29,7 +35,7 @@ def run_block(job, block: tuple[int, int], chunk_grids) -> np.ndarray:
             continue
         if g.output == "dense" and job.output_modality not in inputs:
             continue
-        groups[tuple(inputs)].append((tile, inputs))
+        groups[tuple((n, kept.get(n)) for n in inputs)].append((tile, inputs))
     if groups:
         model = get_model(job.model)
         for sensors, items in groups.items():
@@ -91,10 +97,11 @@ def _tile_input(plan, g, block, tile, window) -> np.ndarray:
 
 
 def _forward(model, job, sensors, inputs_list) -> np.ndarray:
+    """``sensors``: ``(name, indices of the dates kept or None)`` pairs shared by the batch."""
     ref = job.model
     dtype = DTYPES[ref.dtype]
     batch = {}
-    for name in sensors:
+    for name, kept in sensors:
         x = np.stack([inputs[name] for inputs in inputs_list])
         valid = np.isfinite(x)
         if not valid.all():
@@ -103,7 +110,7 @@ def _forward(model, job, sensors, inputs_list) -> np.ndarray:
         batch[name] = torch.from_numpy(np.ascontiguousarray(x)).to(ref.device, dtype)
         plan = _plan(job, name)
         if plan.doy is not None:
-            dates = torch.tensor(plan.doy, dtype=torch.float32).expand(len(inputs_list), -1)
+            dates = torch.tensor([plan.doy[d] for d in kept], dtype=torch.float32).expand(len(inputs_list), -1)
             batch[f"{name}_dates"] = dates.to(ref.device)
     g = job.geometry
     with forward_lock(ref.device), torch.inference_mode():

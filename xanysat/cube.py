@@ -164,7 +164,8 @@ def _attr_sensor(da: xr.DataArray) -> str | None:
 
 
 def _strip_prefix(da: xr.DataArray, prefix: str) -> xr.DataArray:
-    """``s2_time`` -> ``time``, ``s2_band`` -> ``band`` ... for several sensors in one Dataset."""
+    """``s2_time`` -> ``time``, ``s2_band`` -> ``band`` ... for several sensors in one Dataset; a
+    sensor on its own grid has ``naip_y``/``naip_x`` dims and coordinates (-> ``y``/``x``)."""
     renames = {d: d[len(prefix) + 1:] for d in da.dims if isinstance(d, str) and d.startswith(prefix + "_")}
     renames.update({c: c[len(prefix) + 1:] for c in da.coords if c not in renames and isinstance(c, str)
                     and c.startswith(prefix + "_") and c[len(prefix) + 1:] not in da.coords})
@@ -184,8 +185,16 @@ def _single_array(ds: xr.Dataset, name: str, where: str) -> xr.DataArray:
                 "or one variable per band."
             )
         return ds[with_band[0]]
-    stacked = ds[data_vars].to_dataarray(dim="band")
-    return stacked.assign_coords(band=[str(v) for v in data_vars])
+    # odc-stac writes each band's nodata to the band's attrs, which stacking drops: one value
+    # shared by all bands becomes the sensor's nodata; different values mask each band here.
+    nodata = {v: _nodata_of(ds[v], {}) for v in data_vars}
+    values = set(nodata.values())
+    if len(values) > 1:
+        ds = ds.assign({v: ds[v].where(ds[v] != n) for v, n in nodata.items() if n is not None})
+    stacked = ds[data_vars].to_dataarray(dim="band").assign_coords(band=[str(v) for v in data_vars])
+    if len(values) == 1 and None not in values:
+        stacked = stacked.assign_attrs(nodata=values.pop())
+    return stacked
 
 
 def _canonical_dims(da: xr.DataArray, name: str) -> xr.DataArray:
@@ -233,7 +242,10 @@ def _sensor_cube(name: str, da: xr.DataArray, attrs) -> SensorCube:
             "projector's missing-value parameter (recorded in the output's attrs).", stacklevel=3
         )
     if any(s == 0 for s in da.shape):
-        raise DimensionError(f"{name!r} is empty: dims {dict(da.sizes)}.")
+        raise DimensionError(
+            f"{name!r} is empty: dims {dict(da.sizes)}; expected at least one band, pixel (and date). "
+            "Select a region and time range that holds data."
+        )
     res, origin = _grid_of(da, name)
     if abs(res - m.resolution_m) > _TOLERANCE * m.resolution_m:
         raise DimensionError(
@@ -271,6 +283,11 @@ def _grid_of(da: xr.DataArray, name: str) -> tuple[float, tuple[float, float]]:
     if steps["y"] is not None and steps["y"] > 0:
         raise DimensionError(
             f"{name!r} has increasing y; expected north-up (decreasing y). Flip it: ds.isel(y=slice(None, None, -1))."
+        )
+    if steps["x"] is not None and steps["x"] < 0:
+        raise DimensionError(
+            f"{name!r} has decreasing x; expected west to east (increasing x). "
+            "Flip it: ds.isel(x=slice(None, None, -1))."
         )
     res_x = steps["x"] if steps["x"] is not None else None
     res_y = -steps["y"] if steps["y"] is not None else None

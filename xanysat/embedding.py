@@ -7,9 +7,9 @@ depends on the input's chunks), cuts them into tiles, runs the model on batches 
 no valid input back to NaN.
 
 Missing data policy: NaN and nodata pixels, and bands the input lacks, are masked (the
-projectors use their missing-value parameter; dates with no valid value are left out); a
-sensor with no valid pixel in a tile's window is left out of that tile's forward; output
-cells with no valid input pixel in any sensor are NaN. Nothing is filled with zeros.
+projectors use their missing-value parameter); dates, and sensors, with no valid value in a
+tile's window are left out of that tile's forward; output cells with no valid input pixel
+in any sensor are NaN. Nothing is filled with zeros.
 """
 
 from __future__ import annotations
@@ -279,7 +279,12 @@ def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataA
         array, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=attrs,
         coords={FEATURE: np.arange(job.features), "y": y, "x": x},
     )
-    return out.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+    out = out.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+    # Also list spatial_ref in 'coordinates': xarray leaves grid_mapping variables out of it, so
+    # a plain xr.open_zarr / open_dataset would read spatial_ref back as a data variable and the
+    # embedding would lose its CRS (decode_coords="all" was needed).
+    out.encoding["coordinates"] = "spatial_ref"
+    return out
 
 
 def _ratio_ok(s: SensorCube, band: str) -> bool:
