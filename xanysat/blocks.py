@@ -11,10 +11,11 @@ import torch
 from xanysat.runtime import DTYPES, forward_lock, get_model
 
 
-def run_block(job, block: tuple[int, int], chunk_grids) -> np.ndarray:
-    """Embed the tiles of ``block``; ``chunk_grids[i]`` holds sensor i's input chunks (rows x cols)."""
+def run_block(job, block: tuple[int, int], pieces) -> np.ndarray:
+    """Embed the tiles of ``block``; ``pieces[i]`` holds sensor i's input chunks (or their halo
+    strips) under the block's window, each as ``[array, first row, first column]``."""
     g = job.geometry
-    windows = {plan.name: _assemble(plan, g, block, grid) for plan, grid in zip(job.sensors, chunk_grids)}
+    windows = {plan.name: _assemble(plan, g, block, sensor_pieces) for plan, sensor_pieces in zip(job.sensors, pieces)}
     rows, cols = g.out_chunks[0][block[0]], g.out_chunks[1][block[1]]
     out = np.full((job.features, rows, cols), np.nan, dtype="float32")
     groups = defaultdict(list)
@@ -53,21 +54,21 @@ def _plan(job, name):
     return next(p for p in job.sensors if p.name == name)
 
 
-def _assemble(plan, g, block, grid) -> np.ndarray:
-    from xanysat.embedding import chunk_range, pixel_window
+def _assemble(plan, g, block, pieces) -> np.ndarray:
+    """The block's window (with halo) of one sensor, NaN outside the data; ``pieces`` are
+    ``[array, first row, first column]`` in the sensor's pixel grid."""
+    from xanysat.embedding import pixel_window
 
     (r0, r1), (c0, c1) = pixel_window(plan, g, block)
     lead = (plan.n_dates, plan.n_bands) if plan.doy is not None else (plan.n_bands,)
     out = np.full((*lead, r1 - r0, c1 - c0), np.nan, dtype="float32")
-    rows, cols = chunk_range(plan, g, block)
-    cy, cx = plan.chunk_px
-    for i, r in enumerate(rows):
-        for j, c in enumerate(cols):
-            chunk = np.asarray(grid[i][j], dtype="float32")
-            y, x = r * cy - r0, c * cx - c0
-            ys, xs = max(0, -y), max(0, -x)
-            ye, xe = min(chunk.shape[-2], r1 - r0 - y), min(chunk.shape[-1], c1 - c0 - x)
-            out[..., y + ys:y + ye, x + xs:x + xe] = chunk[..., ys:ye, xs:xe]
+    for piece, row, col in pieces:
+        piece = np.asarray(piece, dtype="float32")
+        y, x = row - r0, col - c0
+        ys, xs = max(0, -y), max(0, -x)
+        ye, xe = min(piece.shape[-2], r1 - r0 - y), min(piece.shape[-1], c1 - c0 - x)
+        if ye > ys and xe > xs:
+            out[..., y + ys:y + ye, x + xs:x + xe] = piece[..., ys:ye, xs:xe]
     return out
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,30 +217,61 @@ def chunk_range(plan: SensorPlan, g: Geometry, block) -> tuple[range, range]:
 def _graph(job: EmbedJob, arrays: dict):
     import dask.array as da
     from dask.base import tokenize
-    from dask.highlevelgraph import HighLevelGraph
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     g = job.geometry
     inputs = [arrays[p.name] for p in job.sensors]
     name = f"anysat-embed-{tokenize(job, *[a.name for a in inputs])}"
-    layer = {}
+    layer, halo = {}, {}
     for bi in range(g.n_blocks[0]):
         for bj in range(g.n_blocks[1]):
             args = []
-            for plan, array in zip(job.sensors, inputs):
-                lead = (0,) * (array.ndim - 2)
-                rows, cols = chunk_range(plan, g, (bi, bj))
-                args.append([[(array.name, *lead, r, c) for c in cols] for r in rows])
+            for k, (plan, array) in enumerate(zip(job.sensors, inputs)):
+                pieces = []
+                for r, c, key, cut in _pieces(plan, g, (bi, bj), array):
+                    if cut is not None:  # only the halo strip of a neighbour chunk travels to the task
+                        strip = (f"{name}-halo", k, bi, bj, r, c)
+                        halo[strip] = (operator.getitem, key, cut)
+                        key = strip
+                    pieces.append([key, r * plan.chunk_px[0] + (cut[-2].start if cut else 0),
+                                   c * plan.chunk_px[1] + (cut[-1].start if cut else 0)])
+                args.append(pieces)
             layer[(name, 0, bi, bj)] = (embed_block, job, bi, bj, *args)
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=inputs)
+    base = HighLevelGraph.merge(*[a.__dask_graph__() for a in inputs])
+    layers, dependencies = dict(base.layers), dict(base.dependencies)
+    tops = {top for a in inputs for top in a.__dask_layers__()}
+    if halo:
+        layers[f"{name}-halo"], dependencies[f"{name}-halo"] = MaterializedLayer(halo), set(tops)
+        tops.add(f"{name}-halo")
+    layers[name], dependencies[name] = MaterializedLayer(layer), tops
+    graph = HighLevelGraph(layers, dependencies)
     chunks = ((job.features,), *g.out_chunks)
     return da.Array(graph, name, chunks=chunks, dtype="float32", meta=np.empty((0, 0, 0), dtype="float32"))
 
 
-def embed_block(job: EmbedJob, bi: int, bj: int, *chunk_grids) -> np.ndarray:
+def _pieces(plan: SensorPlan, g: Geometry, block, array):
+    """Input chunks under a block's window: ``(row, col, key, cut)``, ``cut`` the slice of a
+    chunk that the window only partly covers (None: the whole chunk)."""
+    (r0, r1), (c0, c1) = pixel_window(plan, g, block)
+    rows, cols = chunk_range(plan, g, block)
+    (cy, cx), (ny, nx) = plan.chunk_px, plan.shape_px
+    lead = (0,) * (array.ndim - 2)
+    for r in rows:
+        y0, y1 = r * cy, min((r + 1) * cy, ny)
+        for c in cols:
+            x0, x1 = c * cx, min((c + 1) * cx, nx)
+            ys, ye = max(r0, y0) - y0, min(r1, y1) - y0
+            xs, xe = max(c0, x0) - x0, min(c1, x1) - x0
+            whole = (ys, ye, xs, xe) == (0, y1 - y0, 0, x1 - x0)
+            cut = None if whole else (Ellipsis, slice(ys, ye), slice(xs, xe))
+            yield r, c, (array.name, *lead, r, c), cut
+
+
+def embed_block(job: EmbedJob, bi: int, bj: int, *pieces) -> np.ndarray:
     """The task: embed the tiles of block ``(bi, bj)``; returns ``(features, rows, cols)``."""
     from xanysat.blocks import run_block
 
-    return run_block(job, (bi, bj), chunk_grids)
+    return run_block(job, (bi, bj), pieces)
 
 
 def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataArray:

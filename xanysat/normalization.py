@@ -34,17 +34,19 @@ def projector_bands(sensor) -> xr.DataArray:
     if sensor.nodata is not None:
         data = data.where(data != sensor.nodata)
     data = data.astype("float32")
-    layers = []
+    present = [(band, index) for band, index in zip(m.bands, indices) if index is not None]
+    pieces = [data.isel(band=[i for _, i in present]).assign_coords(band=[b for b, _ in present])]
     for band, index in zip(m.bands, indices):
         if index is not None:
-            layer = data.isel(band=index, drop=True)
-        elif band in m.derived_bands and all(indices[m.bands.index(b)] is not None for b in band.split("/")):
+            continue
+        if band in m.derived_bands and all(indices[m.bands.index(b)] is not None for b in band.split("/")):
             a, b = (data.isel(band=indices[m.bands.index(x)], drop=True) for x in band.split("/"))
             layer = ratio(a, b)
         else:
             layer = xr.full_like(data.isel(band=0, drop=True), np.nan)
-        layers.append(layer)
-    stacked = xr.concat(layers, dim="band").assign_coords(band=list(m.bands))
+        pieces.append(layer.expand_dims(band=[band]))
+    stacked = pieces[0] if len(pieces) == 1 else xr.concat(pieces, dim="band")
+    stacked = stacked.sel(band=list(m.bands))
     return stacked.transpose(*sensor.data.dims)
 
 

@@ -66,7 +66,7 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> str:
 
 def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
     """Reference ``model`` (an ``AnySat``, a ``load_model`` name or directory, or None)."""
-    from xanysat.checkpoint import save_pretrained, weights_hash
+    from xanysat.checkpoint import save_pretrained
     from xanysat.hub import load_model
     from xanysat.model import AnySat
 
@@ -82,7 +82,7 @@ def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
         obj = _MODELS[key]
     else:
         raise CheckpointError(f"model must be an AnySat, a load_model name or directory, or None; got {type(model).__name__}.")
-    weights = weights_hash(obj)
+    weights = _weights_hash(obj)
     if isinstance(model, AnySat):
         _REGISTERED[weights] = obj
         directory = cache_dir() / "models" / weights
@@ -95,6 +95,21 @@ def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
                 pass
         source = str(directory)
     return ModelRef(source, weights, obj.model_id, device, dtype)
+
+
+_HASHES: dict[int, tuple[tuple, str]] = {}
+
+
+def _weights_hash(model) -> str:
+    """``weights_hash``, cached while no parameter or buffer changed (tensor version counters)."""
+    from xanysat.checkpoint import weights_hash
+
+    state = tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
+    cached = _HASHES.get(id(model))
+    if cached is None or cached[0] != state:
+        cached = (state, weights_hash(model))
+        _HASHES[id(model)] = cached
+    return cached[1]
 
 
 def get_model(ref: ModelRef) -> torch.nn.Module:
