@@ -17,3 +17,6 @@ def load_fixture(name: str):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+from stac_fixtures import sample_catalog, stac_api, stac_api_pgstac, t29unu_catalog  # noqa: E402,F401

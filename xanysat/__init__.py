@@ -5,7 +5,9 @@ Importing ``xanysat`` is light: torch loads on first use of the model API.
 
 from importlib import import_module
 
-from xanysat.errors import AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError
+from xanysat.errors import (
+    AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError, StacError,
+)
 from xanysat.modalities import MODALITIES, Modality
 
 import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
@@ -19,7 +21,7 @@ _LAZY = {
 __all__ = [
     "AnySat", "AnySatConfig", "MODALITIES", "Modality", "load_model",
     "embed", "embed_points", "embed_to_zarr", "fit_normalization", "plan",
-    "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError",
+    "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError", "StacError",
 ]
 __version__ = "0.1.0"
 

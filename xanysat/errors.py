@@ -19,3 +19,7 @@ class PatchSizeError(AnySatInputError):
 
 class CheckpointError(ValueError):
     """A checkpoint that does not match the architecture, or cannot be found."""
+
+
+class StacError(AnySatInputError):
+    """A STAC API, search or asset that cannot give the requested cube."""

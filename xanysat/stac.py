@@ -1,0 +1,623 @@
+"""STAC to datacube: search a STAC API, load each sensor at its native resolution on one grid.
+
+``search`` queries an API with pystac-client; ``load`` turns items into the ``xr.DataTree``
+that ``xanysat.embed`` takes: one node per sensor, ``(time, band, y, x)`` float32 in the
+units of the sensor table's statistics, bands named as the projector names them, nodata and
+(optionally) clouds as NaN, all sensors on nested grids sharing one CRS and one top-left
+corner. How each catalogue serves a sensor (collection, asset keys, scale/offset, processing
+baseline offset, QA) comes from the sensor table (``Modality.stac``); a catalogue the table
+does not know is mapped with ``custom_source``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+
+import numpy as np
+import rioxarray  # noqa: F401  (registers .rio)
+import xarray as xr
+
+from xanysat.errors import StacError
+from xanysat.modalities import MODALITIES, StacSource, get_modality
+
+LOADERS = ("odc", "stackstac")
+SCL_CLOUDY = (0, 1, 3, 8, 9, 10)
+"""Sentinel-2 SCL classes masked by ``cloud_mask``: no data, saturated, cloud shadow, cloud
+medium and high probability, thin cirrus."""
+QA_PIXEL_CLOUDY_BITS = (0, 1, 2, 3, 4)
+"""Landsat Collection 2 QA_PIXEL bits masked by ``cloud_mask``: fill, dilated cloud, cirrus,
+cloud, cloud shadow."""
+COMPOSITES = {"month": "MS", "season": "QS-DEC", "year": "YS"}
+
+
+@dataclass(frozen=True)
+class SensorSource:
+    """A collection feeding one sensor: the sensor and how the catalogue serves it."""
+
+    sensor: str
+    source: StacSource
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(a for a in self.source.assets if a is not None))
+
+    @property
+    def bands(self) -> tuple[str, ...]:
+        """Projector band names of ``assets``, in the same order."""
+        m = MODALITIES[self.sensor]
+        first = {}
+        for band, asset in zip(m.bands, self.source.assets):
+            if asset is not None and asset not in first:
+                first[asset] = band
+        return tuple(first[a] for a in self.assets)
+
+
+def custom_source(sensor: str, collection: str, assets: Sequence[str | None], *, scale: float = 1.0,
+                  offset: float = 0.0, nodata: float | None = None, model_factor: float | None = 1.0,
+                  qa_asset: str | None = None, processing_baseline_offset: float | None = None,
+                  units: str = "model units") -> SensorSource:
+    """Map a collection the sensor table does not know onto a sensor.
+
+    Args:
+        sensor: sensor name (``"s2"``...).
+        collection: the STAC collection id.
+        assets: asset keys in the sensor's projector band order (``None`` for a band the
+            collection lacks or a derived band).
+        scale, offset: physical value = DN * scale + offset.
+        model_factor: physical value x ``model_factor`` = the units of the sensor table's
+            statistics (Sentinel-2 reflectance: 1e4).
+
+    Example:
+        >>> src = custom_source("s1-asc", "my-s1", ["VV_lin", "VH_lin"])
+        >>> src.bands
+        ('VV', 'VH')
+    """
+    m = get_modality(sensor)
+    assets = tuple(assets)
+    if len(assets) != m.n_bands:
+        raise StacError(f"{sensor!r} has {m.n_bands} bands {m.bands}; give one asset key (or None) per band, got {len(assets)}.")
+    source = StacSource("custom", collection, assets, scale=scale, offset=offset, nodata=nodata, qa_asset=qa_asset,
+                        units=units, model_factor=model_factor, processing_baseline_offset=processing_baseline_offset)
+    return SensorSource(m.name, source)
+
+
+def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=None, query=None, filter=None,
+           max_items: int | None = None, limit: int = 100, modifier: Callable | None = None):
+    """Search a STAC API; return a ``pystac.ItemCollection``.
+
+    Args:
+        url: STAC API root.
+        collections: collection ids.
+        bbox: ``(west, south, east, north)`` in degrees.
+        datetime: RFC 3339 interval, e.g. ``"2021-01-01/2021-12-31"``.
+        query, filter: STAC query / CQL2 filter (the API must support them).
+        max_items: stop after this many items.
+        modifier: pystac-client ``modifier`` (e.g. ``planetary_computer.sign_inplace``).
+
+    Raises:
+        StacError: unreachable API, unknown collection, or no items found.
+    """
+    from pystac_client import Client
+
+    collections = [collections] if isinstance(collections, str) else list(collections)
+    if bbox is not None:
+        check_lonlat_bbox(bbox)
+    try:
+        client = Client.open(url, modifier=modifier)
+    except Exception as error:  # pystac-client raises APIError, ConnectionError, JSON errors...
+        raise StacError(f"cannot reach the STAC API at {url}: {type(error).__name__}: {error}. "
+                        "Check the URL and your network.") from error
+    known = _collection_ids(client)
+    unknown = [c for c in collections if known is not None and c not in known]
+    if unknown:
+        raise StacError(f"collection(s) {unknown} not found at {url}; it serves {sorted(known)}.")
+    kwargs = {"collections": collections, "bbox": bbox, "datetime": datetime, "max_items": max_items, "limit": limit}
+    if query:
+        kwargs["query"] = query
+    if filter:
+        kwargs["filter"] = filter
+    try:
+        items = client.search(**kwargs).item_collection()
+    except Exception as error:
+        raise StacError(f"the search at {url} failed: {type(error).__name__}: {error}") from error
+    if not len(items):
+        raise StacError(
+            f"no items found at {url} for collections={collections}, bbox={bbox}, datetime={datetime}"
+            + (f", query={query}" if query else "") + (f", filter={filter}" if filter else "")
+            + ". Widen the area or the dates, or check the collection ids."
+        )
+    return items
+
+
+def _collection_ids(client) -> set[str] | None:
+    try:
+        return {c.id for c in client.get_collections()}
+    except Exception:  # some APIs do not list collections; then the search decides
+        return None
+
+
+def check_lonlat_bbox(bbox) -> tuple[float, float, float, float]:
+    """Return ``bbox`` as four floats or raise if it cannot be degrees west, south, east, north."""
+    try:
+        west, south, east, north = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise StacError(f"bbox must be (west, south, east, north) in degrees, got {bbox!r}.") from None
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
+        raise StacError(
+            f"bbox {bbox!r} is not in degrees (longitude/latitude, EPSG:4326): it looks like projected "
+            "coordinates. Give (west, south, east, north) in degrees, or pass bbox_crs= with its CRS."
+        )
+    if west >= east or south >= north:
+        raise StacError(f"bbox {bbox!r} is empty or inverted; expected west < east and south < north.")
+    return west, south, east, north
+
+
+def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
+    """Assign items to sensors: sensor -> (its source, its items).
+
+    ``sensors`` maps a sensor to a collection id, a ``SensorSource`` or a ``StacSource``; by
+    default every collection is matched against the sensor table by collection id and asset
+    keys (and item properties such as ``sat:orbit_state``).
+    """
+    by_collection: dict[str, list] = {}
+    for item in items:
+        by_collection.setdefault(item.collection_id, []).append(item)
+    result = {}
+    if sensors:
+        for sensor, spec in sensors.items():
+            m = get_modality(sensor)
+            if isinstance(spec, SensorSource):
+                source = _present(m.name, spec.source, by_collection.get(spec.source.collection, []))
+            elif isinstance(spec, StacSource):
+                source = _present(m.name, spec, by_collection.get(spec.collection, []))
+            else:
+                source = _table_source(m.name, str(spec), by_collection.get(str(spec), []), strict=False)
+            chosen = by_collection.get(source.source.collection)
+            if not chosen:
+                raise StacError(
+                    f"no items of collection {source.source.collection!r} (mapped to {sensor!r}); the items "
+                    f"are from {sorted(by_collection)}."
+                )
+            result[m.name] = (source, chosen)
+        return result
+    for collection, group in by_collection.items():
+        candidates = [
+            (name, s) for name, m in MODALITIES.items() for s in m.stac
+            if s.collection == collection and s.analysis_ready and _serves(s, group, strict=True)
+        ]
+        if not candidates:
+            raise StacError(
+                f"collection {collection!r} does not match any sensor in the sensor table (by id, asset keys "
+                "and properties). Map it yourself: load(items, sensors={'<sensor>': "
+                "xanysat.stac.custom_source('<sensor>', '" + collection + "', [asset keys in band order]...)})."
+            )
+        name, source = max(candidates, key=lambda c: (_matched(c[1], group), c[1].model_factor is not None,
+                                                      len(c[1].query)))
+        if name in result:
+            raise StacError(f"collections {result[name][0].source.collection!r} and {collection!r} both map to "
+                            f"{name!r}; pass sensors= to say which to use.")
+        result[name] = (_present(name, source, group), group)
+    return result
+
+
+def _matched(source: StacSource, items) -> int:
+    """How many of the source's asset keys the items carry."""
+    keys = set(items[0].assets)
+    return sum(1 for a in dict.fromkeys(source.assets) if a is not None and a in keys)
+
+
+def _serves(source: StacSource, items, strict: bool) -> bool:
+    wanted = {a for a in source.assets if a is not None}
+    if 2 * _matched(source, items) < len(wanted):
+        return False
+    if strict:
+        return all(str(i.properties.get(k)) == v for i in items for k, v in source.query)
+    return True
+
+
+def _present(sensor: str, source: StacSource, items) -> SensorSource:
+    """The source restricted to the assets the items carry (absent bands become ``None``:
+    ``embed`` masks and reports them)."""
+    keys = set(items[0].assets) if items else set()
+    assets = tuple(a if a in keys else None for a in source.assets)
+    return SensorSource(sensor, replace(source, assets=assets))
+
+
+def _table_source(sensor: str, collection: str, items, strict: bool) -> SensorSource:
+    m = MODALITIES[sensor]
+    options = [s for s in m.stac if s.collection == collection]
+    if not options:
+        raise StacError(
+            f"the sensor table has no {collection!r} source for {sensor!r} (it knows "
+            f"{sorted({s.collection for s in m.stac}) or 'none'}); use xanysat.stac.custom_source."
+        )
+    if items:
+        fitting = [s for s in options if _serves(s, items, strict)]
+        if not fitting:
+            keys = sorted(items[0].assets)
+            raise StacError(
+                f"items of {collection!r} have assets {keys}, which match none of the known layouts for "
+                f"{sensor!r} ({[s.assets for s in options]}); use xanysat.stac.custom_source."
+            )
+        options = sorted(fitting, key=lambda s: -_matched(s, items))
+        return _present(sensor, options[0], items)
+    return SensorSource(sensor, options[0])
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The shared grid: CRS and bounds ``(left, bottom, right, top)`` snapped to ``align_m``."""
+
+    crs: str
+    bounds: tuple[float, float, float, float]
+    align_m: float
+
+
+def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, align_m=None) -> Grid:
+    """CRS (given, or the items' one) and bounds (bbox, or the items' union) snapped outward to a
+    multiple of every sensor's pixel size, so that each sensor's grid starts at the same corner."""
+    from odc.geo.geom import BoundingBox
+
+    all_items = [i for _, group in items_by_sensor.values() for i in group]
+    if crs is None:
+        codes = Counter(_item_crs(i) for i in all_items)
+        codes.pop(None, None)
+        if not codes:
+            raise StacError("the items carry no proj:epsg / proj:code; pass crs= (e.g. 'EPSG:32631').")
+        if len(codes) > 1:
+            listing = ", ".join(f"{c} ({n} items)" for c, n in codes.most_common())
+            raise StacError(f"the items are in several CRSs: {listing}. Pass crs= to load them onto one grid.")
+        crs = next(iter(codes))
+    if bbox is None:
+        bbox, bbox_crs = _items_bounds(all_items, crs)
+    elif str(bbox_crs).upper() in ("EPSG:4326", "WGS84", "OGC:CRS84"):
+        check_lonlat_bbox(bbox)
+    box = BoundingBox(*map(float, bbox), crs=bbox_crs).to_crs(crs)
+    if align_m is None:
+        align_m = _lcm([MODALITIES[s].resolution_m for s in items_by_sensor])
+    a = float(align_m)
+    bounds = (math.floor(box.left / a) * a, math.floor(box.bottom / a) * a,
+              math.ceil(box.right / a) * a, math.ceil(box.top / a) * a)
+    return Grid(str(crs), bounds, a)
+
+
+def _items_bounds(items, crs):
+    """Union of the items' footprints: their native ``proj:bbox`` where in ``crs``, else the
+    degrees bbox."""
+    native = []
+    for item in items:
+        box = item.properties.get("proj:bbox")
+        if box is None:
+            for asset in item.assets.values():
+                box = asset.extra_fields.get("proj:bbox")
+                if box is not None:
+                    break
+        if box is None or _item_crs(item) != str(crs):
+            native = None
+            break
+        native.append(box)
+    if native:
+        b = np.array(native, dtype="float64")
+        return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), crs
+    b = np.array([i.bbox for i in items], dtype="float64")
+    return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), "EPSG:4326"
+
+
+def _item_crs(item) -> str | None:
+    code = item.properties.get("proj:code")
+    if code:
+        return str(code)
+    epsg = item.properties.get("proj:epsg")
+    if epsg is None:
+        for asset in item.assets.values():
+            epsg = asset.extra_fields.get("proj:epsg")
+            code = asset.extra_fields.get("proj:code")
+            if epsg or code:
+                break
+    return f"EPSG:{epsg}" if epsg else (str(code) if code else None)
+
+
+def _lcm(values) -> float:
+    fractions = [Fraction(v).limit_denominator(1000) for v in values]
+    result = fractions[0]
+    for f in fractions[1:]:
+        num = math.lcm(result.numerator * f.denominator, f.numerator * result.denominator)
+        result = Fraction(num, result.denominator * f.denominator)
+    return float(result)
+
+
+def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, align_m=None, loader: str = "odc",
+         chunks: Mapping[str, int] | None = None, cloud_mask: bool | str = "auto", composite: str | None = None,
+         resampling: str = "nearest", groupby: str = "solar_day", patch_url: Callable[[str], str] | None = None,
+         fail_on_error: bool = True, check_assets: bool = True, retries: int = 2) -> xr.DataTree:
+    """Load STAC items into a multi-sensor ``xr.DataTree`` ready for ``xanysat.embed``.
+
+    Args:
+        items: pystac Items (e.g. from ``search``).
+        sensors: sensor -> collection id / ``SensorSource`` (default: matched from the table).
+        bbox: area in ``bbox_crs`` (default degrees); default: the items' union.
+        crs: output CRS (default: the items' CRS; required when they differ).
+        align_m: grid bounds are multiples of this (default: the least common multiple of the
+            sensors' pixel sizes), so sensors share their top-left corner.
+        loader: ``"odc"`` (odc-stac) or ``"stackstac"``.
+        chunks: dask chunks, e.g. ``{"time": 1, "y": 1024, "x": 1024}`` (pixels).
+        cloud_mask: mask cloudy pixels with the collection's QA asset (SCL, QA_PIXEL): True
+            (the QA asset must be there), ``"auto"`` (where the items carry it; a warning
+            otherwise) or False.
+        composite: ``"month"``, ``"season"``, ``"year"`` or a pandas frequency: per-period medians
+            dated at the middle of the period.
+        resampling: how bands at other resolutions are resampled onto the sensor's grid.
+        groupby: ``"solar_day"`` merges same-day items (odc-stac semantics; UTC day for stackstac).
+        patch_url: rewrites or signs each asset href before reading.
+        check_assets: open every asset once before building the cube; failures are reported
+            by item and asset after ``retries`` retries.
+
+    Returns:
+        DataTree with one node per sensor; each node a Dataset with the sensor's variable
+        ``(time, band, y, x)`` and ``spatial_ref``.
+    """
+    items = list(items)
+    if not items:
+        raise StacError("no items to load; run a search that returns items first.")
+    if loader not in LOADERS:
+        raise StacError(f"loader must be one of {LOADERS}, got {loader!r}.")
+    mapped = sensor_sources(items, sensors)
+    grid = common_grid(mapped, bbox=bbox, bbox_crs=bbox_crs, crs=crs, align_m=align_m)
+    masks = {sensor: _qa_asset(source, group, cloud_mask) for sensor, (source, group) in mapped.items()}
+    if check_assets:
+        verify_assets(mapped, patch_url=patch_url, retries=retries, qa_assets=masks)
+    nodes = {}
+    for sensor, (source, group) in mapped.items():
+        da = _load_sensor(source, group, grid, loader=loader, chunks=chunks, qa=masks[sensor],
+                          resampling=resampling, groupby=groupby, patch_url=patch_url, fail_on_error=fail_on_error)
+        if composite:
+            da = temporal_composite(da, composite)
+        da.attrs.update({
+            "anysat:sensor": sensor, "stac:collection": source.source.collection,
+            "stac:catalog": source.source.catalog, "stac:items": [i.id for i in group],
+            "units": source.source.units if source.source.model_factor is None else "sensor table units",
+            "loader": loader, "cloud_mask": f"{masks[sensor]}" if masks[sensor] else "none",
+            "composite": composite or "none",
+        })
+        nodes[sensor] = da.to_dataset(name=sensor).rio.write_crs(grid.crs)
+    return xr.DataTree.from_dict(nodes)
+
+
+def _qa_asset(source: SensorSource, items, cloud_mask) -> str | None:
+    if cloud_mask not in (True, False, "auto"):
+        raise StacError(f"cloud_mask must be True, False or 'auto', got {cloud_mask!r}.")
+    qa = source.source.qa_asset
+    if not cloud_mask or qa is None:
+        if cloud_mask is True:
+            raise StacError(f"{source.sensor}: the sensor table knows no QA asset for {source.source.collection!r}; "
+                            "pass cloud_mask=False or mask clouds yourself.")
+        return None
+    if all(qa in i.assets for i in items):
+        return qa
+    if cloud_mask is True:
+        raise StacError(f"{source.sensor}: cloud_mask=True but items of {source.source.collection!r} lack the "
+                        f"{qa!r} asset; pass cloud_mask=False or 'auto'.")
+    warnings.warn(f"{source.sensor}: items of {source.source.collection!r} have no {qa!r} asset: clouds are not "
+                  "masked (composites usually are cloud-free already).", stacklevel=3)
+    return None
+
+
+def verify_assets(mapped, *, patch_url=None, retries: int = 2, qa_assets=None, delay: float = 0.5) -> None:
+    """Open every asset the cube needs; raise one ``StacError`` listing each failure by item and asset."""
+    import rasterio
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = []
+    for sensor, (source, group) in mapped.items():
+        qa = (qa_assets or {}).get(sensor)
+        keys = list(source.assets) + ([qa] if qa else [])
+        for item in group:
+            for key in keys:
+                asset = item.assets.get(key)
+                if asset is None:
+                    jobs.append((item.id, key, None, "the item has no such asset"))
+                else:
+                    jobs.append((item.id, key, asset.href, None))
+
+    def open_once(job):
+        item_id, key, href, problem = job
+        if problem:
+            return item_id, key, href, problem
+        url = patch_url(href) if patch_url else href
+        for attempt in range(retries + 1):
+            try:
+                with rasterio.open(_gdal_path(url)) as src:
+                    src.read(1, window=((0, 1), (0, 1)))
+                return None
+            except Exception as error:  # rasterio raises RasterioIOError and friends
+                if attempt == retries:
+                    return item_id, key, href, f"{type(error).__name__}: {error}"
+                time.sleep(delay * 2**attempt)
+
+    with ThreadPoolExecutor(8) as pool:
+        failures = [f for f in pool.map(open_once, jobs) if f]
+    if failures:
+        lines = "\n".join(f"  item {i!r} asset {k!r} ({h}): {p}" for i, k, h, p in failures[:20])
+        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+        raise StacError(f"{len(failures)} asset(s) cannot be read (after {retries} retries):\n{lines}{more}\n"
+                        "Fix or drop those items (or pass check_assets=False and fail_on_error=False to load the rest).")
+
+
+def _gdal_path(href: str) -> str:
+    return href[len("file://"):] if href.startswith("file://") else href
+
+
+def _geobox(grid: Grid, resolution: float):
+    from odc.geo.geobox import GeoBox
+
+    return GeoBox.from_bbox(grid.bounds, grid.crs, resolution=resolution)
+
+
+def _load_sensor(source: SensorSource, items, grid: Grid, *, loader, chunks, qa, resampling, groupby,
+                 patch_url, fail_on_error) -> xr.DataArray:
+    m = MODALITIES[source.sensor]
+    src = source.source
+    assets = list(source.assets)
+    wanted = assets + ([qa] if qa else [])
+    res = m.resolution_m
+    chunks = dict(chunks or {"time": 1, "y": 1024, "x": 1024})
+    patch = (lambda href: _gdal_path(patch_url(href))) if patch_url else _gdal_path
+    if loader == "odc":
+        import odc.stac
+
+        ds = odc.stac.load(
+            items, bands=wanted, geobox=_geobox(grid, res), chunks=chunks, groupby=groupby,
+            resampling={"*": resampling, **({qa: "nearest"} if qa else {})}, patch_url=patch,
+            fail_on_error=fail_on_error,
+        )
+        raw = ds[assets].to_dataarray(dim="band").transpose("time", "band", "y", "x")
+        qa_values = ds[qa] if qa else None
+    else:
+        raw, qa_values = _stackstac(items, wanted, assets, qa, grid, res, chunks, resampling, patch)
+    raw = raw.assign_coords(band=list(source.bands))
+    nodata = [_asset_nodata(items, key, src.nodata) for key in assets]
+    if any(n is not None for n in nodata):
+        marker = xr.DataArray(np.array([np.nan if n is None else n for n in nodata], "float64"), dims="band")
+        raw = raw.where(raw != marker)
+    values = raw.astype("float32")
+    values = _to_model_units(values, src, items, m.name)
+    if qa_values is not None:
+        values = values.where(~cloudy(qa_values, src.qa_asset))
+    values = values.drop_vars([c for c in values.coords if c not in ("time", "band", "y", "x")])
+    return values
+
+
+def _asset_nodata(items, key: str, default):
+    """The asset's ``raster:bands`` (or STAC 1.1 ``nodata``) value, else the sensor table's."""
+    asset = items[0].assets.get(key)
+    fields = asset.extra_fields if asset is not None else {}
+    bands = fields.get("raster:bands") or fields.get("bands") or []
+    for candidate in [fields.get("nodata"), *(b.get("nodata") for b in bands if isinstance(b, dict))]:
+        if candidate is not None:
+            return float(candidate)
+    return default
+
+
+def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, patch):
+    import stackstac
+    from rasterio.enums import Resampling
+
+    epsg = int(str(grid.crs).split(":")[-1]) if str(grid.crs).upper().startswith("EPSG:") else None
+    if epsg is None:
+        raise StacError(f"stackstac needs an EPSG code; the grid CRS is {grid.crs}. Use loader='odc'.")
+    patched = [_patched_item(i, patch, wanted) for i in items]
+    stack = stackstac.stack(
+        patched, assets=wanted, epsg=epsg, resolution=res, bounds=grid.bounds, snap_bounds=False,
+        xy_coords="center", rescale=False, dtype="float32", fill_value=np.float32(np.nan),
+        chunksize=(chunks.get("time", 1), 1, chunks.get("y", 1024), chunks.get("x", 1024)),
+        resampling=getattr(Resampling, resampling), properties=False, band_coords=False,
+    )
+    days = stack["time"].values.astype("datetime64[D]")
+    stack = stack.assign_coords(time=days.astype("datetime64[ns]"))
+    if len(np.unique(days)) < len(days):
+        stack = stack.groupby("time").map(stackstac.mosaic)
+    raw = stack.sel(band=assets).transpose("time", "band", "y", "x")
+    qa_values = stack.sel(band=qa, drop=True) if qa else None
+    return raw, qa_values
+
+
+def _patched_item(item, patch, keys) -> dict:
+    """An item as the dict stackstac reads: hrefs patched, ``proj:epsg`` restored (pystac turns
+    it into ``proj:code``, which stackstac ignores)."""
+    data = item.to_dict(transform_hrefs=False)
+    for where in [data["properties"], *data["assets"].values()]:
+        code = where.get("proj:code")
+        if code and "proj:epsg" not in where and str(code).upper().startswith("EPSG:"):
+            where["proj:epsg"] = int(str(code).split(":")[1])
+    for key in keys:
+        if key in data["assets"]:
+            data["assets"][key]["href"] = patch(data["assets"][key]["href"])
+    return data
+
+
+def _to_model_units(values: xr.DataArray, src: StacSource, items, sensor: str) -> xr.DataArray:
+    """DN -> ((DN + baseline offset) * scale + offset) * model_factor, per date."""
+    per_day = {}
+    for item in items:
+        shift = baseline_shift(item, src)
+        if shift:
+            per_day[np.datetime64(item.datetime.replace(tzinfo=None), "D")] = shift
+    if per_day:
+        days = values["time"].values.astype("datetime64[D]")
+        shift = xr.DataArray(np.array([per_day.get(d, 0.0) for d in days], "float32"), dims="time")
+        shifted = values + shift
+        values = xr.where(shift != 0, shifted.clip(min=0), shifted, keep_attrs=True)
+    physical = values * np.float32(src.scale) + np.float32(src.offset)
+    if src.model_factor is None:
+        warnings.warn(
+            f"{sensor}: the units of the training data are unconfirmed for {src.catalog}/{src.collection}; the "
+            f"cube holds {src.units} unconverted. Fit statistics with xanysat.fit_normalization.", stacklevel=4
+        )
+        return physical.astype("float32")
+    return (physical * np.float32(src.model_factor)).astype("float32")
+
+
+def baseline_shift(item, src: StacSource) -> float:
+    """DN to add to a Sentinel-2 item's pixels to undo the BOA offset of processing baseline
+    04.00 and later: the item's ``earthsearch:boa_offset_applied`` flag decides where present
+    (False: the offset is still in the pixels), else the sensor table's
+    ``processing_baseline_offset`` for the catalogue (PC: -1000); 0 for older baselines."""
+    props = item.properties
+    baseline = str(props.get("s2:processing_baseline") or props.get("processing:version") or "")
+    if not baseline or baseline < "04.00":
+        return 0.0
+    flag = props.get("earthsearch:boa_offset_applied")
+    if flag is not None:
+        return 0.0 if flag else -1000.0
+    return float(src.processing_baseline_offset or 0.0)
+
+
+def cloudy(qa: xr.DataArray, qa_asset: str) -> xr.DataArray:
+    """Cloud (and no-data) mask from a QA band: SCL classes or QA_PIXEL bits."""
+    key = qa_asset.lower()
+    if key.startswith("scl"):
+        return qa.isin(SCL_CLOUDY)
+    if key.startswith("qa_pixel"):
+        bits = qa.fillna(1).astype("uint16")
+        flagged = sum(((bits >> b) & 1) for b in QA_PIXEL_CLOUDY_BITS)
+        return flagged > 0
+    raise StacError(f"no cloud rule for QA asset {qa_asset!r}; pass cloud_mask=False or mask clouds yourself.")
+
+
+def temporal_composite(da: xr.DataArray, composite: str) -> xr.DataArray:
+    """Per-period NaN-median, dated at the middle of each period. Periods with no data are
+    dropped from in-memory cubes; in lazy cubes they stay all-NaN (``embed`` skips such dates)."""
+    import pandas as pd
+
+    freq = COMPOSITES.get(composite, composite)
+    try:
+        median = da.resample(time=freq).median(skipna=True)
+    except (ValueError, TypeError) as error:
+        raise StacError(f"composite must be one of {list(COMPOSITES)} or a pandas frequency, got {composite!r}.") from error
+    starts = pd.DatetimeIndex(median["time"].values)
+    ends = starts + pd.tseries.frequencies.to_offset(freq)
+    middles = starts + (ends - starts) / 2
+    median = median.assign_coords(time=middles.values.astype("datetime64[ns]"))
+    if median.chunks is not None:
+        return median  # lazy: empty periods stay, and embed leaves all-NaN dates out of each tile
+    has_data = median.notnull().any([d for d in median.dims if d != "time"])
+    return median.isel(time=np.flatnonzero(has_data.values))
+
+
+def stac_cube(url: str, collections, *, bbox, datetime=None, query=None, filter=None, max_items=None,
+              modifier=None, **load_kwargs) -> xr.DataTree:
+    """``search`` then ``load``: a STAC query straight to an embeddable cube."""
+    items = search(url, collections, bbox=bbox, datetime=datetime, query=query, filter=filter,
+                   max_items=max_items, modifier=modifier)
+    return load(items, bbox=bbox, **load_kwargs)
+
+
+def replace_source(source: SensorSource, **changes) -> SensorSource:
+    """A copy of ``source`` with ``StacSource`` fields changed (e.g. ``nodata=65535``)."""
+    return SensorSource(source.sensor, replace(source.source, **changes))
