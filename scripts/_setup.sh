@@ -13,9 +13,9 @@ INSTALL_STAMP="$VENV_DIR/.xanysat-install-stamp"
 
 if [ ! -x "$VENV_PYTHON" ]; then
     base_python="${PYTHON:-python3}"
-    if ! "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-        echo "xanysat needs Python >= 3.10; '$base_python' is missing or older." >&2
-        echo "Set PYTHON=/path/to/python3.10+ and run again." >&2
+    if ! "$base_python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+        echo "xanysat needs Python >= 3.11; '$base_python' is missing or older." >&2
+        echo "Set PYTHON=/path/to/python3.11+ and run again." >&2
         exit 1
     fi
     echo "Creating virtual environment in .venv ..."
