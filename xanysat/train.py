@@ -1,0 +1,242 @@
+"""The JEPA pretraining loop: seeded, resumable step for step, logged as CSV and PNG.
+
+``pretrain(config, batches)`` trains an ``AnySat`` with ``xanysat.jepa.JEPA`` on an iterator of
+``(batch, patch_size)`` pairs built from datacubes (``xanysat.datasets``). Every ``checkpoint_every``
+steps it saves the student, teacher, predictor, mask token, optimizer and every random state,
+so that ``resume=True`` continues exactly as an uninterrupted run would; the batch iterator is
+rebuilt from its own seed and fast-forwarded. Each step appends a row to ``log.csv`` (losses,
+lr, momentum, seconds); every ``monitor_every`` steps the teacher's embeddings of a fixed batch
+are checked for collapse (``std``, ``effective_rank``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from xanysat.jepa import JEPA, JEPAConfig, build_optimizer, collapse_stats, lr_at, momentum_at, set_hyperparameters
+from xanysat.model import AnySat, AnySatConfig
+
+LOG_FIELDS = ("step", "loss", "prediction_loss", "contrastive_loss", "lr", "momentum", "patch_size", "seconds")
+MONITOR_FIELDS = ("step", "teacher_std", "teacher_effective_rank")
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of a pretraining run (a TOML file maps onto it: see ``load_config``).
+
+    Attributes:
+        out_dir: where checkpoints, logs and the final model go.
+        model: ``AnySatConfig`` fields (``preset`` = ``"tiny"``/``"small"``/``"base"`` plus overrides).
+        jepa: ``JEPAConfig`` fields.
+        steps: optimizer steps.
+        lr, final_lr, warmup_steps: learning rate schedule (``lr_at``).
+        seed: seeds the model init, the masks and the data sampling.
+        checkpoint_every, monitor_every: in steps.
+        threads: torch intra-op threads (None: torch's default).
+    """
+
+    out_dir: str = "runs/pretrain"
+    model: dict = field(default_factory=lambda: {"preset": "tiny"})
+    jepa: dict = field(default_factory=dict)
+    steps: int = 1000
+    lr: float = 2e-4
+    final_lr: float | None = 1e-5
+    warmup_steps: int = 50
+    seed: int = 0
+    checkpoint_every: int = 200
+    monitor_every: int = 100
+    threads: int | None = None
+    data: list = field(default_factory=list)
+
+    def model_config(self) -> AnySatConfig:
+        fields = dict(self.model)
+        preset = fields.pop("preset", "tiny")
+        if "sensors" in fields:
+            fields["sensors"] = tuple(fields["sensors"])
+        return getattr(AnySatConfig, preset)().with_changes(**fields)
+
+    def jepa_config(self) -> JEPAConfig:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.jepa.items()}
+        return JEPAConfig(**fields)
+
+
+def load_config(path, cls=PretrainConfig):
+    """Read a TOML file into ``cls`` (a dataclass); unknown keys raise with the known ones listed."""
+    import tomllib
+
+    data = tomllib.loads(Path(path).read_text())
+    known = set(cls.__dataclass_fields__)
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}.")
+    return cls(**data)
+
+
+BatchFactory = Callable[[int], Iterator[tuple[dict, int]]]
+"""``factory(seed)`` -> an endless iterator of ``(batch, patch_size)``, the same for the same seed."""
+
+
+def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = True, progress: bool = True,
+             stop_after: int | None = None) -> JEPA:
+    """Run (or resume) JEPA pretraining; returns the trained ``JEPA`` (student = the encoder).
+
+    Args:
+        config: the run's settings.
+        batches: builds the batch stream from a seed (see ``BatchFactory``).
+        resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        stop_after: stop after this step (for tests of interrupted runs); the final checkpoint is
+            written as at any checkpoint step.
+    """
+    out = Path(config.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+    jepa = JEPA(AnySat(config.model_config()), config.jepa_config())
+    jepa.train()
+    optimizer = build_optimizer(jepa, lr=config.lr, weight_decay=jepa.config.weight_decay)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    start = 0
+    checkpoint = out / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        start = _restore(checkpoint, jepa, optimizer, generator, config)
+    elif not resume:
+        for name in ("log.csv", "monitor.csv"):
+            (out / name).unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
+    stream = batches(config.seed + 2)
+    for _ in range(start):
+        next(stream)
+    monitor_batch = next(batches(config.seed + 2))  # fixed: the first batch of the stream
+    last = config.steps if stop_after is None else min(config.steps, stop_after)
+    bar = _bar(progress, config.steps, start)
+    with open(out / "log.csv", "a", newline="") as log_file, open(out / "monitor.csv", "a", newline="") as mon_file:
+        log, mon = csv.writer(log_file), csv.writer(mon_file)
+        if start == 0:
+            log.writerow(LOG_FIELDS)
+            mon.writerow(MONITOR_FIELDS)
+        for step in range(start, last):
+            batch, patch_size = next(stream)
+            if step % config.monitor_every == 0:
+                mon.writerow([step, *_monitor(jepa, *monitor_batch).values()])
+            lr = lr_at(step, base_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
+                       final_lr=config.final_lr)
+            momentum = momentum_at(step, config.steps, start=jepa.config.ema_start, end=jepa.config.ema_end)
+            set_hyperparameters(optimizer, lr=lr)
+            began = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            result = jepa(batch, patch_size, generator=generator)
+            result.loss.backward()
+            jepa.update_teacher(momentum)
+            optimizer.step()
+            log.writerow([step, f"{float(result.loss):.6f}", f"{float(result.prediction_loss):.6f}",
+                          f"{float(result.contrastive_loss):.6f}", f"{lr:.3e}", f"{momentum:.6f}", patch_size,
+                          f"{time.perf_counter() - began:.3f}"])
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(result.loss):.4f}")
+            done = step + 1
+            if done % config.checkpoint_every == 0 or done == last:
+                log_file.flush()
+                mon_file.flush()
+                _save(checkpoint, jepa, optimizer, generator, done)
+        if last == config.steps:
+            mon.writerow([config.steps, *_monitor(jepa, *monitor_batch).values()])
+    if bar is not None:
+        bar.close()
+    plot_losses(out / "log.csv", out / "loss.png")
+    return jepa
+
+
+def _monitor(jepa: JEPA, batch, patch_size) -> dict[str, float]:
+    with torch.no_grad():
+        tokens = jepa.teacher(batch, patch_size, "patch")
+    stats = collapse_stats(tokens)
+    return {"teacher_std": round(stats["std"], 6), "teacher_effective_rank": round(stats["effective_rank"], 4)}
+
+
+def _save(path: Path, jepa: JEPA, optimizer, generator: torch.Generator, step: int) -> None:
+    state = {
+        "step": step, "jepa": jepa.state_dict(), "optimizer": optimizer.state_dict(),
+        "generator": generator.get_state(), "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(), "python": random.getstate(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def _restore(path: Path, jepa: JEPA, optimizer, generator: torch.Generator, config: PretrainConfig) -> int:
+    state = torch.load(path, weights_only=False)
+    jepa.load_state_dict(state["jepa"])
+    optimizer.load_state_dict(state["optimizer"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    _truncate_logs(path.parent, state["step"])
+    return int(state["step"])
+
+
+def _truncate_logs(directory: Path, step: int) -> None:
+    """Drop log rows past the checkpoint (written after it by an interrupted run)."""
+    for name in ("log.csv", "monitor.csv"):
+        path = directory / name
+        if not path.is_file():
+            continue
+        rows = list(csv.reader(path.read_text().splitlines()))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < step]
+        with open(path, "w", newline="") as f:
+            csv.writer(f).writerows(kept)
+
+
+def _bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="pretrain", unit="step")
+
+
+def plot_losses(log_csv, png, *, width: int = 640, height: int = 360) -> Path:
+    """Loss curves from ``log.csv`` as a PNG (total, prediction and contrastive; smoothed)."""
+    from PIL import Image, ImageDraw
+
+    rows = list(csv.DictReader(Path(log_csv).read_text().splitlines()))
+    out = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(out)
+    if not rows:
+        out.save(png)
+        return Path(png)
+    steps = np.array([int(r["step"]) for r in rows])
+    series = {k: np.array([float(r[k]) for r in rows]) for k in ("loss", "prediction_loss", "contrastive_loss")}
+    window = max(1, len(steps) // 50)
+    smooth = {k: np.convolve(v, np.ones(window) / window, mode="valid") for k, v in series.items()}
+    xs = steps[window - 1:]
+    lo = min(float(v.min()) for v in smooth.values())
+    hi = max(float(v.max()) for v in smooth.values())
+    left, top, right, bottom = 60, 20, width - 20, height - 40
+    draw.rectangle((left, top, right, bottom), outline="black")
+    span = max(hi - lo, 1e-12)
+    for k, colour in zip(smooth, ("black", "#1f77b4", "#d62728")):
+        v = smooth[k]
+        points = [(left + (right - left) * (x - xs[0]) / max(xs[-1] - xs[0], 1), bottom - (bottom - top) * (y - lo) / span)
+                  for x, y in zip(xs, v)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        draw.text((right - 150, top + 5 + 14 * list(smooth).index(k)), k, fill=colour)
+    draw.text((5, top), f"{hi:.3f}", fill="black")
+    draw.text((5, bottom - 10), f"{lo:.3f}", fill="black")
+    draw.text((left, bottom + 8), f"step {xs[0]}", fill="black")
+    draw.text((right - 70, bottom + 8), f"step {xs[-1]}", fill="black")
+    out.save(png)
+    return Path(png)
