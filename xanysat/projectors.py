@@ -155,7 +155,12 @@ class LTAEProjector(nn.Module):
         if mask is not None:
             x = torch.where(mask, x, self.pad_value.to(x.dtype))
             valid = rearrange(mask.any(dim=2), "b t h w -> (b h w) t")
-            valid = valid | ~valid.any(dim=1, keepdim=True)  # a pixel with no valid date keeps all (padded) dates
+            # A pixel with no valid date attends the dates some pixel of its sample has (padded
+            # dates stay out); a sample with no valid date at all keeps every date.
+            sample_dates = mask.flatten(2).any(dim=2)
+            sample_dates = sample_dates | ~sample_dates.any(dim=1, keepdim=True)
+            fallback = sample_dates[:, None, :].expand(B, H * W, T).reshape(B * H * W, T)
+            valid = torch.where(valid.any(dim=1, keepdim=True), valid, fallback)
             if bool(valid.all()):
                 valid = None
         series = rearrange(x, "b t c h w -> (b h w) t c")
