@@ -15,12 +15,12 @@ import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
 _LAZY = {
     "AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub",
     "embed": "xanysat.embedding", "fit_normalization": "xanysat.normalization", "plan": "xanysat.planning",
-    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points",
+    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points", "predict": "xanysat.predict",
 }
 
 __all__ = [
     "AnySat", "AnySatConfig", "MODALITIES", "Modality", "load_model",
-    "embed", "embed_points", "embed_to_zarr", "fit_normalization", "plan",
+    "embed", "embed_points", "embed_to_zarr", "fit_normalization", "plan", "predict",
     "AnySatInputError", "CheckpointError", "DimensionError", "ModalityError", "PatchSizeError", "StacError",
 ]
 __version__ = "0.1.0"

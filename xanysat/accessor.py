@@ -45,6 +45,9 @@ class AnySatAccessor:
             return embed_points(self._obj, *args, **kwargs)
         return embed(self._obj, *args, **kwargs)
 
+    @_forward("xanysat.predict.predict")
+    def predict(self, *args, **kwargs): ...
+
     @_forward("xanysat.points.embed_points")
     def embed_points(self, *args, **kwargs): ...
 
