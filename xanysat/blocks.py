@@ -8,7 +8,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from xanysat.runtime import DTYPES, forward_lock, get_model
+from xanysat.runtime import DTYPES, forward_lock, get_model, placement
 
 
 def run_block(job, block: tuple[int, int], pieces) -> np.ndarray:
@@ -99,22 +99,22 @@ def _tile_input(plan, g, block, tile, window) -> np.ndarray:
 
 def _forward(model, job, sensors, inputs_list) -> np.ndarray:
     """``sensors``: ``(name, indices of the dates kept or None)`` pairs shared by the batch."""
-    ref = job.model
-    dtype = DTYPES[ref.dtype]
+    device, dtype_name = placement(job.model)
+    dtype = DTYPES[dtype_name]
     batch = {}
     for name, kept in sensors:
         x = np.stack([inputs[name] for inputs in inputs_list])
         valid = np.isfinite(x)
         if not valid.all():
-            batch[f"{name}_mask"] = torch.from_numpy(valid).to(ref.device)
+            batch[f"{name}_mask"] = torch.from_numpy(valid).to(device)
             x = np.where(valid, x, 0.0).astype("float32")
-        batch[name] = torch.from_numpy(np.ascontiguousarray(x)).to(ref.device, dtype)
+        batch[name] = torch.from_numpy(np.ascontiguousarray(x)).to(device, dtype)
         plan = _plan(job, name)
         if plan.doy is not None:
             dates = torch.tensor([plan.doy[d] for d in kept], dtype=torch.float32).expand(len(inputs_list), -1)
-            batch[f"{name}_dates"] = dates.to(ref.device)
+            batch[f"{name}_dates"] = dates.to(device)
     g = job.geometry
-    with forward_lock(ref.device), torch.inference_mode():
+    with forward_lock(device), torch.inference_mode():
         y = model(batch, g.patch_size, g.output, job.output_modality if g.output == "dense" else None)
         return y.float().cpu().numpy()
 

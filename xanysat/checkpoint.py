@@ -166,7 +166,9 @@ def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | Non
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors")
-    meta = {"format": "xanysat", "model_id": model_id or model.model_id, "config": model.config.to_dict()}
+    meta = {"format": "xanysat", "model_id": model_id or model.model_id, "config": model.config.to_dict(),
+            "normalization": {k: {"mean": list(v.mean), "std": list(v.std), "source": v.source}
+                              for k, v in getattr(model, "normalization", {}).items()}}
     (directory / "config.json").write_text(json.dumps(meta, indent=1))
     if card:
         (directory / "README.md").write_text(card)
@@ -185,6 +187,10 @@ def load_pretrained(directory: str | Path) -> AnySat:
     model = AnySat(AnySatConfig.from_dict(meta["config"]))
     _load_strict(model, load_file(directory / "model.safetensors"))
     model.model_id = meta.get("model_id", model.model_id)
+    from xanysat.modalities import NormStats
+
+    model.normalization = {k: NormStats(tuple(v["mean"]), tuple(v["std"]), v.get("source", ""))
+                           for k, v in meta.get("normalization", {}).items()}
     return model.eval()
 
 

@@ -138,7 +138,7 @@ def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
     ref = ref or model_ref(model, device=device, dtype=dtype)
     features = _features(ref) * (2 if output == "dense" else 1)
-    stats = resolve_normalization(names, normalize)
+    stats = resolve_normalization(names, normalize, _model_stats(ref))
     plans, arrays = [], {}
     for name, s in cube.sensors.items():
         chunk_px = _chunk_px(s, geometry)
@@ -172,6 +172,12 @@ def _window(cube: Cube, window):
     if min(oy, ox) < 0 or min(h, w) <= 0 or oy + h > cube.extent_m[0] + 1e-6 or ox + w > cube.extent_m[1] + 1e-6:
         raise ValueError(f"window {window!r} is not inside the cube's {cube.extent_m[0]:g} m x {cube.extent_m[1]:g} m.")
     return (float(oy), float(ox)), (float(h), float(w))
+
+
+def _model_stats(ref: ModelRef) -> dict:
+    from xanysat.runtime import get_model
+
+    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "normalization", {})
 
 
 def _features(ref: ModelRef) -> int:

@@ -179,6 +179,9 @@ class AnySat(nn.Module):
         self.patch_encoder = PatchEncoder(cfg)
         self.combiner = Combiner(cfg)
         self.model_id = f"anysat-{cfg.embed_dim}d{cfg.depth}-untrained"
+        self.normalization: dict = {}
+        """Sensor -> ``NormStats`` the weights were trained with, where the sensor table has none
+        or they differ; ``xanysat.embed(normalize=True)`` prefers them."""
         self._init_weights()
 
     def _projector(self, modality: Modality) -> nn.Module:

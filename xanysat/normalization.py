@@ -87,8 +87,11 @@ def fit_normalization(data, sensor: str | None = None) -> dict[str, NormStats]:
     }
 
 
-def resolve_normalization(sensors, normalize) -> dict[str, NormStats | None]:
-    """``normalize`` (bool, or a mapping sensor -> NormStats / (mean, std) / bool) -> stats per sensor."""
+def resolve_normalization(sensors, normalize, model_stats=None) -> dict[str, NormStats | None]:
+    """``normalize`` (bool, or a mapping sensor -> NormStats / (mean, std) / bool) -> stats per sensor.
+
+    ``True`` takes the model's own statistics (``model_stats``, what its weights were trained
+    with) where it has them, else the sensor table's."""
     result = {}
     for name in sensors:
         choice = normalize.get(name, True) if isinstance(normalize, Mapping) else normalize
@@ -97,6 +100,9 @@ def resolve_normalization(sensors, normalize) -> dict[str, NormStats | None]:
             result[name] = None
             continue
         if choice is True:
+            if model_stats and name in model_stats:
+                result[name] = model_stats[name]
+                continue
             if m.norm is None:
                 raise DimensionError(
                     f"the sensor table has no normalisation statistics for {name!r}. Pass normalize={{'{name}': "

@@ -87,8 +87,9 @@ def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
     if output == "dense":
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
     ref = model_ref(options.get("model"), device=options.get("device", "auto"), dtype=options.get("dtype"))
-    config = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")).config
-    stats = resolve_normalization(names, options.get("normalize", True))
+    cpu_model = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
+    config = cpu_model.config
+    stats = resolve_normalization(names, options.get("normalize", True), getattr(cpu_model, "normalization", {}))
     fixed = {k: v for k, v in options.items() if k != "sensor"}
     fixed.update(tile_size=g.tile_m, block_tiles=g.block_tiles, overlap=g.overlap)
     features = config.embed_dim * (2 if output == "dense" else 1)
@@ -360,7 +361,7 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
         spt, source = 1.0 / float(throughput), "given"
     else:
         spt = seconds_per_tile(setup)
-        source = f"measured on one tile, {ref.device} {ref.dtype}"
+        source = "measured on one tile, {} {}".format(*_placement(ref))
     n_tiles = math.prod(g.n_tiles)
     ch, cw = g.cell_m
     x0, y0 = cube.origin
@@ -532,9 +533,10 @@ def seconds_per_tile(setup: Setup) -> float:
     process for each (weights, tile input shapes, patch size, output, device, dtype)."""
     import torch
 
-    from xanysat.runtime import DTYPES, forward_lock, get_model
+    from xanysat.runtime import DTYPES, forward_lock, get_model, placement
 
     ref, g = setup.ref, setup.geometry
+    device, dtype = placement(ref)
     rng = np.random.default_rng(0)
     shapes, batch = [], {}
     for name, s in setup.cube.sensors.items():
@@ -543,22 +545,22 @@ def seconds_per_tile(setup: Setup) -> float:
         lead = (m.n_bands,) if s.dates is None else (len(s.dates), m.n_bands)
         shapes.append((name, lead, px))
         x = rng.standard_normal((1, *lead, *px), dtype=np.float32)
-        batch[name] = torch.from_numpy(x).to(ref.device, DTYPES[ref.dtype])
+        batch[name] = torch.from_numpy(x).to(device, DTYPES[dtype])
         if s.dates is not None:
-            batch[f"{name}_dates"] = torch.tensor(np.asarray(setup.doy(name), "float32"))[None].to(ref.device)
-    key = (ref.weights, tuple(shapes), g.patch_size, g.output, setup.output_modality, ref.device, ref.dtype)
+            batch[f"{name}_dates"] = torch.tensor(np.asarray(setup.doy(name), "float32"))[None].to(device)
+    key = (ref.weights, tuple(shapes), g.patch_size, g.output, setup.output_modality, device, dtype)
     if key in _SECONDS_PER_TILE:
         return _SECONDS_PER_TILE[key]
     model = get_model(ref)
-    cuda = ref.device.startswith("cuda")
+    cuda = device.startswith("cuda")
     modality = setup.output_modality if g.output == "dense" else None
 
     def once() -> float:
         start = time.perf_counter()
-        with forward_lock(ref.device), torch.inference_mode():
+        with forward_lock(device), torch.inference_mode():
             model(batch, g.patch_size, g.output, modality)
             if cuda:
-                torch.cuda.synchronize(ref.device)
+                torch.cuda.synchronize(device)
         return time.perf_counter() - start
 
     first = once()
@@ -582,3 +584,9 @@ def _size(n: float) -> str:
 
 def _num(x: float) -> str:
     return f"{x:g}"
+
+
+def _placement(ref) -> tuple[str, str]:
+    from xanysat.runtime import placement
+
+    return placement(ref)

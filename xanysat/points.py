@@ -429,20 +429,20 @@ def embed_chunk(job: PointJob, *blocks) -> np.ndarray:
 def _forward(model, job: PointJob, sensors, index: np.ndarray) -> np.ndarray:
     import torch
 
-    from xanysat.runtime import DTYPES, forward_lock
+    from xanysat.runtime import DTYPES, forward_lock, placement
 
-    ref = job.model
+    device, dtype_name = placement(job.model)
     batch = {}
     for name, (x, doy, valid) in sensors.items():
         x, doy, valid = x[index], doy[index], valid[index]
         keep = valid.any(axis=(0, 2))  # observations valid in some sample of the batch
         x, doy, valid = x[:, keep], doy[:, keep], valid[:, keep]
         data = np.where(valid, x, 0.0).astype("float32")[..., None, None]
-        batch[name] = torch.from_numpy(np.ascontiguousarray(data)).to(ref.device, DTYPES[ref.dtype])
+        batch[name] = torch.from_numpy(np.ascontiguousarray(data)).to(device, DTYPES[dtype_name])
         if not valid.all():
-            batch[f"{name}_mask"] = torch.from_numpy(np.ascontiguousarray(valid[..., None, None])).to(ref.device)
-        batch[f"{name}_dates"] = torch.from_numpy(np.where(np.isfinite(doy), doy, 0.0).astype("float32")).to(ref.device)
-    with forward_lock(ref.device), torch.inference_mode():
+            batch[f"{name}_mask"] = torch.from_numpy(np.ascontiguousarray(valid[..., None, None])).to(device)
+        batch[f"{name}_dates"] = torch.from_numpy(np.where(np.isfinite(doy), doy, 0.0).astype("float32")).to(device)
+    with forward_lock(device), torch.inference_mode():
         return model(batch, job.patch_size, "tile").float().cpu().numpy()
 
 

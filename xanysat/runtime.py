@@ -45,7 +45,7 @@ class ModelRef:
 
 
 def resolve_device(device: str | torch.device | None) -> str:
-    """``"auto"``/None: CUDA if available, else CPU."""
+    """``"auto"``/None: CUDA if available, else CPU; an explicit CUDA device must exist here."""
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
@@ -70,8 +70,8 @@ def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
     from xanysat.hub import load_model
     from xanysat.model import AnySat
 
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    device = "auto" if device in (None, "auto") else str(device)
+    dtype = "auto" if dtype is None else resolve_dtype(dtype, "cpu")
     if isinstance(model, AnySat):
         obj, source = model, None
     elif model is None or isinstance(model, (str, os.PathLike)):
@@ -112,19 +112,27 @@ def _weights_hash(model) -> str:
     return cached[1]
 
 
+def placement(ref: ModelRef) -> tuple[str, str]:
+    """Device and dtype names of ``ref`` in this process: ``"auto"`` is resolved here, on the
+    worker, so a CPU-only client can send work to GPU workers."""
+    device = resolve_device(ref.device)
+    return device, resolve_dtype(None if ref.dtype == "auto" else ref.dtype, device)
+
+
 def get_model(ref: ModelRef) -> torch.nn.Module:
     """The model for ``ref`` in this process, loaded once, in eval mode on its device and dtype."""
-    key = (ref.weights, ref.device, ref.dtype)
+    device, dtype = placement(ref)
+    key = (ref.weights, device, dtype)
     model = _MODELS.get(key)
     if model is not None:
         return model
     with _LOAD_LOCK:
         if key not in _MODELS:
-            _MODELS[key] = _load(ref)
+            _MODELS[key] = _load(ref, device, dtype)
         return _MODELS[key]
 
 
-def _load(ref: ModelRef) -> torch.nn.Module:
+def _load(ref: ModelRef, device: str, dtype: str) -> torch.nn.Module:
     from xanysat.hub import load_model
 
     base = _REGISTERED.get(ref.weights) or _MODELS.get((ref.source, "cpu", "float32"))
@@ -139,8 +147,8 @@ def _load(ref: ModelRef) -> torch.nn.Module:
             )
     import copy
 
-    model = base if (ref.device, ref.dtype) == ("cpu", "float32") else copy.deepcopy(base)
-    model = model.to(ref.device, DTYPES[ref.dtype]).eval()
+    model = base if (device, dtype) == ("cpu", "float32") else copy.deepcopy(base)
+    model = model.to(device, DTYPES[dtype]).eval()
     return model
 
 
