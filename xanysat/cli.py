@@ -2,14 +2,21 @@
 
     xanysat embed --stac URL --collections sentinel-2-l2a --bbox W S E N --datetime 2021-01-01/2021-12-31 \\
         --patch-size 40 -o emb.zarr
+    xanysat embed ... --collections sentinel-2-l2a sentinel-1-rtc --fit-normalization ...
     xanysat plan  --stac URL --collections sentinel-2-l2a --bbox W S E N --patch-size 40
     xanysat map   emb.zarr -o map.png            # or map.tif (GeoTIFF), --similarity X Y
     xanysat info
 
+Collections map to sensors as ``xanysat.stac.sensor_sources`` decides (Sentinel-1 without
+``sat:orbit_state: ascending`` feeds ``s1``); ``--sensor s1-asc=sentinel-1-rtc`` chooses.
+Sensors the sensor table has no normalisation statistics for (``s1``, ``s1-asc``...) need
+``--fit-normalization`` (mean and std fitted on the cube itself). Clouds are masked where the
+items carry a QA asset (``--cloud-mask auto``).
+
 Exit codes: 0 done; 1 unexpected failure (traceback printed); 2 bad command line; 3 bad input
-(STAC API unreachable, no items, unknown collection or band, bad bbox...); 4 model weights
-missing or invalid; 130 interrupted (finished regions of an ``embed`` stay in the store and
-a rerun resumes).
+(STAC API unreachable, no items, unknown collection or band, bad bbox, unreadable assets, a
+store written with other settings...); 4 model weights missing or invalid; 130 interrupted
+(finished regions of an ``embed`` stay in the store and a rerun resumes).
 """
 
 from __future__ import annotations
@@ -28,8 +35,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
+    import warnings
+
     from xanysat.errors import AnySatInputError, CheckpointError
 
+    def one_line(message, category, filename, lineno, line=None):
+        return f"xanysat {args.command}: warning: {message}\n"
+
+    formatwarning, warnings.formatwarning = warnings.formatwarning, one_line  # for a person: no source lines
     try:
         return args.run(args)
     except AnySatInputError as error:
@@ -41,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"xanysat {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,36 +92,45 @@ def _cube_arguments(p: argparse.ArgumentParser) -> None:
                    help="area in degrees (EPSG:4326)")
     g.add_argument("--datetime", help="e.g. 2021-01-01/2021-12-31")
     g.add_argument("--max-items", type=int)
-    g.add_argument("--sensor", action="append", default=[], metavar="SENSOR=COLLECTION",
+    g.add_argument("--sensor", action="append", default=[], type=_sensor_pair, metavar="SENSOR=COLLECTION",
                    help="map a collection to a sensor, e.g. s1-asc=sentinel-1-rtc (default: from the sensor table)")
     g.add_argument("--crs", help="output CRS (default: the items' CRS)")
     g.add_argument("--loader", choices=("odc", "stackstac"), default="odc")
     g.add_argument("--composite", help="month, season, year or a pandas frequency")
-    g.add_argument("--no-cloud-mask", action="store_true")
+    g.add_argument("--cloud-mask", choices=("auto", "yes", "no"), default="auto",
+                   help="mask clouds with the items' QA asset (SCL, QA_PIXEL): auto (where the items carry it), "
+                        "yes (required), no (default: auto)")
+    g.add_argument("--no-cloud-mask", dest="cloud_mask", action="store_const", const="no",
+                   help="same as --cloud-mask no")
 
 
 def _embed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--patch-size", type=int, default=40, help="patch side in metres (default 40)")
     g.add_argument("--output", dest="output_kind", choices=("patch", "tile", "dense"), default="patch")
-    g.add_argument("--model", help="'base', a saved model directory, or the embedded default")
+    g.add_argument("--model", help="'base' (the released weights), 'untrained-tiny' (random weights, for trying "
+                                   "the pipeline), or a saved model directory; default: 'base' if on this machine, "
+                                   "else 'untrained-tiny' with a warning")
     g.add_argument("--tile-size", type=int, help="tile side in metres")
     g.add_argument("--overlap", type=int, default=0, help="halo in metres around each tile")
     g.add_argument("--batch-size", type=int, default=16)
     g.add_argument("--device", default="auto")
     g.add_argument("--dtype", choices=("float32", "bfloat16", "float16"))
+    g.add_argument("--fit-normalization", action="store_true",
+                   help="fit mean and std on the cube for sensors the sensor table has no statistics for "
+                        "(e.g. s1 from sentinel-1-rtc): one pass over those sensors' pixels before embedding "
+                        "(again on a resumed run); 'plan' reads no pixels and only accounts for them")
 
 
-def _sensors(pairs: list[str]) -> dict | None:
-    from xanysat.errors import StacError
+def _sensor_pair(text: str) -> tuple[str, str]:
+    sensor, sep, collection = text.partition("=")
+    if not sep or not sensor.strip() or not collection.strip():
+        raise argparse.ArgumentTypeError(f"expected SENSOR=COLLECTION (e.g. s1-asc=sentinel-1-rtc), got {text!r}")
+    return sensor.strip(), collection.strip()
 
-    mapping = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise StacError(f"--sensor takes SENSOR=COLLECTION, got {pair!r}.")
-        sensor, collection = pair.split("=", 1)
-        mapping[sensor.strip()] = collection.strip()
-    return mapping or None
+
+def _sensors(pairs: list[tuple[str, str]]) -> dict | None:
+    return dict(pairs) or None
 
 
 def _cube(args, *, check_assets: bool):
@@ -116,8 +140,9 @@ def _cube(args, *, check_assets: bool):
     items = stac.search(args.stac, args.collections, bbox=args.bbox, datetime=args.datetime,
                         max_items=args.max_items)
     _say(f"found {len(items)} items; loading the cube ({args.loader}) ...")
+    cloud_mask = {"auto": "auto", "yes": True, "no": False}[args.cloud_mask]
     return stac.load(items, sensors=_sensors(args.sensor), bbox=args.bbox, crs=args.crs, loader=args.loader,
-                     composite=args.composite, cloud_mask=not args.no_cloud_mask, check_assets=check_assets)
+                     composite=args.composite, cloud_mask=cloud_mask, check_assets=check_assets)
 
 
 def _embed_options(args) -> dict:
@@ -125,7 +150,32 @@ def _embed_options(args) -> dict:
             "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype}
 
 
+def _normalize(args, cube, *, read_pixels: bool) -> dict:
+    """sensor -> statistics: the sensor table's, or (``--fit-normalization``) fitted on the cube
+    for sensors the table has none for; without pixels (``plan``) placeholders of the right size."""
+    from xanysat.errors import AnySatInputError
+    from xanysat.modalities import MODALITIES, NormStats
+    from xanysat.normalization import fit_normalization
+
+    missing = [name for name in cube.children if MODALITIES[name].norm is None]
+    if missing and not args.fit_normalization:
+        raise AnySatInputError(
+            f"the sensor table has no normalisation statistics for {', '.join(map(repr, missing))}: pass "
+            "--fit-normalization to fit them on this cube, or leave the collection out of --collections."
+        )
+    if not missing:
+        return {}
+    if not read_pixels:
+        return {name: NormStats((0.0,) * MODALITIES[name].n_bands, (1.0,) * MODALITIES[name].n_bands,
+                                "placeholder: fitted on the cube by 'xanysat embed --fit-normalization'")
+                for name in missing}
+    _say(f"fitting normalisation statistics for {', '.join(missing)} on the cube ...")
+    stats = fit_normalization(cube.filter(lambda node: node.name in missing))
+    return {name: stats[name] for name in missing}
+
+
 def _run_embed(args) -> int:
+    from xanysat.errors import AnySatInputError
     from xanysat.io import embed_to_zarr
 
     start = time.perf_counter()
@@ -134,10 +184,19 @@ def _run_embed(args) -> int:
         da = node[name]
         _say(f"  {name}: {dict(da.sizes)} from {da.attrs.get('stac:collection')}")
     options = _embed_options(args)
-    emb = embed_to_zarr(cube, args.output_zarr, args.patch_size, options.pop("output"),
-                        resume=not args.no_resume, **options)
-    _say(f"wrote {args.output_zarr}: embedding {dict(emb.sizes)} in {emb.rio.crs} "
-         f"({time.perf_counter() - start:.1f} s)")
+    normalize = _normalize(args, cube, read_pixels=True)
+    before = _regions_done(args.output_zarr) if not args.no_resume else None
+    try:
+        emb = embed_to_zarr(cube, args.output_zarr, args.patch_size, options.pop("output"),
+                            resume=not args.no_resume, normalize=normalize or True, **options)
+    except ValueError as error:
+        if "resume=False" not in str(error):  # a store written by something else, or with other settings
+            raise
+        raise AnySatInputError(f"{error} (command line: another -o, or --no-resume to overwrite)") from error
+    _, total = _regions_done(args.output_zarr) or (0, 0)
+    resumed = before[0] if before else 0
+    _say(f"wrote {args.output_zarr}: embedding {dict(emb.sizes)} in {emb.rio.crs}; {total - resumed} of {total} "
+         f"region(s) computed now, {resumed} already in the store ({time.perf_counter() - start:.1f} s)")
     if args.png:
         from xanysat.viz import save_png
 
@@ -146,13 +205,27 @@ def _run_embed(args) -> int:
     return EXIT_OK
 
 
+def _regions_done(store) -> tuple[int, int] | None:
+    """(regions marked done, regions) in an ``embed_to_zarr`` store's manifest, or None."""
+    import zarr
+
+    from xanysat.io import DONE, MANIFEST
+
+    try:
+        done = zarr.open_array(store, path=f"{MANIFEST}/{DONE}", mode="r")[...]
+    except Exception:  # no store yet, or not one of ours: embed_to_zarr says which
+        return None
+    return int(done.sum()), int(done.size)
+
+
 def _run_plan(args) -> int:
     from xanysat.planning import plan
 
     cube = _cube(args, check_assets=False)
     options = _embed_options(args)
-    options.pop("batch_size")
-    report = plan(cube, args.patch_size, options.pop("output"), throughput=args.throughput, **options)
+    normalize = _normalize(args, cube, read_pixels=False)
+    report = plan(cube, args.patch_size, options.pop("output"), throughput=args.throughput,
+                  normalize=normalize or True, **options)
     print(report)
     return EXIT_OK
 
@@ -160,26 +233,31 @@ def _run_plan(args) -> int:
 def _run_map(args) -> int:
     from pathlib import Path
 
-    import xarray as xr
-
     from xanysat.errors import AnySatInputError
-    from xanysat.viz import pca_rgb_map, save_png, similarity
 
+    out = Path(args.output)
+    if out.suffix.lower() not in (".png", ".tif", ".tiff"):
+        raise AnySatInputError(f"--output must end in .png or .tif, got {out.name!r}.")
     if not Path(args.zarr).exists():
         raise AnySatInputError(f"no Zarr store at {args.zarr}; write one with 'xanysat embed ... -o {args.zarr}'.")
+
+    import rioxarray  # noqa: F401  (registers .rio, for the GeoTIFF)
+    import xarray as xr
+
+    from xanysat.viz import pca_rgb_map, save_png, similarity
+
     try:
-        emb = xr.open_zarr(args.zarr)["embedding"]
+        emb = xr.open_zarr(args.zarr, decode_coords="all")["embedding"]
     except (KeyError, OSError, ValueError) as error:
         raise AnySatInputError(f"{args.zarr} holds no 'embedding' written by xanysat: {error}") from error
     picture = similarity(emb, *args.similarity) if args.similarity else pca_rgb_map(emb)
-    out = Path(args.output)
-    if out.suffix.lower() in (".tif", ".tiff"):
-        raster = picture.transpose("rgb", "y", "x") if "rgb" in picture.dims else picture
-        raster.rio.to_raster(out)
-    elif out.suffix.lower() == ".png":
+    if out.suffix.lower() == ".png":
         save_png(picture, out, title=Path(args.zarr).name)
     else:
-        raise AnySatInputError(f"--output must end in .png or .tif, got {out.name!r}.")
+        raster = picture.transpose("rgb", "y", "x") if "rgb" in picture.dims else picture
+        if raster.dtype.kind == "f":
+            raster = raster.rio.write_nodata(float("nan"), encoded=False)
+        raster.rio.to_raster(out)
     _say(f"wrote {out}")
     return EXIT_OK
 

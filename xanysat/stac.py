@@ -88,7 +88,8 @@ def custom_source(sensor: str, collection: str, assets: Sequence[str | None], *,
 
 
 def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=None, query=None, filter=None,
-           max_items: int | None = None, limit: int = 100, modifier: Callable | None = None):
+           filter_lang: str | None = None, max_items: int | None = None, limit: int = 100,
+           modifier: Callable | None = None):
     """Search a STAC API; return a ``pystac.ItemCollection``.
 
     Args:
@@ -96,7 +97,10 @@ def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=No
         collections: collection ids.
         bbox: ``(west, south, east, north)`` in degrees.
         datetime: RFC 3339 interval, e.g. ``"2021-01-01/2021-12-31"``.
-        query, filter: STAC query / CQL2 filter (the API must support them).
+        query, filter: STAC query (``{"eo:cloud_cover": {"lt": 20}}``) / CQL2 filter, a dict
+            (CQL2 JSON) or a string (CQL2 text); the API must support them (an API that cannot
+            evaluate them may answer with no items: the error then says so).
+        filter_lang: ``"cql2-json"`` or ``"cql2-text"``; default: from the type of ``filter``.
         max_items: stop after this many items.
         modifier: pystac-client ``modifier`` (e.g. ``planetary_computer.sign_inplace``).
 
@@ -107,7 +111,10 @@ def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=No
 
     collections = [collections] if isinstance(collections, str) else list(collections)
     if bbox is not None:
-        check_lonlat_bbox(bbox)
+        check_lonlat_bbox(bbox, fix="STAC searches take degrees: convert projected bounds first, e.g. with "
+                                    "rasterio.warp.transform_bounds(crs, 'EPSG:4326', *bounds).")
+    if filter is not None and filter_lang is None:
+        filter_lang = "cql2-text" if isinstance(filter, str) else "cql2-json"
     try:
         client = Client.open(url, modifier=modifier)
     except Exception as error:  # pystac-client raises APIError, ConnectionError, JSON errors...
@@ -122,17 +129,32 @@ def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=No
         kwargs["query"] = query
     if filter:
         kwargs["filter"] = filter
+        kwargs["filter_lang"] = filter_lang
     try:
         items = client.search(**kwargs).item_collection()
     except Exception as error:
         raise StacError(f"the search at {url} failed: {type(error).__name__}: {error}") from error
     if not len(items):
+        unsupported = [name for name, given, conformance in (("query", query, "QUERY"), ("filter", filter, "FILTER"))
+                       if given and not _conforms(client, conformance)]
         raise StacError(
             f"no items found at {url} for collections={collections}, bbox={bbox}, datetime={datetime}"
             + (f", query={query}" if query else "") + (f", filter={filter}" if filter else "")
             + ". Widen the area or the dates, or check the collection ids."
+            + (f" The API does not advertise STAC API {' and '.join(unsupported)} support: it may have ignored "
+               f"or failed to evaluate {' and '.join(unsupported)}; search without, then filter the items "
+               "yourself (e.g. on item.properties)." if unsupported else "")
         )
     return items
+
+
+def _conforms(client, name: str) -> bool:
+    from pystac_client import ConformanceClasses
+
+    try:
+        return bool(client.conforms_to(getattr(ConformanceClasses, name)))
+    except Exception:
+        return False
 
 
 def _collection_ids(client) -> set[str] | None:
@@ -142,8 +164,10 @@ def _collection_ids(client) -> set[str] | None:
         return None
 
 
-def check_lonlat_bbox(bbox) -> tuple[float, float, float, float]:
-    """Return ``bbox`` as four floats or raise if it cannot be degrees west, south, east, north."""
+def check_lonlat_bbox(bbox, fix: str = "Give (west, south, east, north) in degrees, or pass bbox_crs= with its "
+                                        "CRS.") -> tuple[float, float, float, float]:
+    """Return ``bbox`` as four floats or raise if it cannot be degrees west, south, east, north
+    (``fix``: how the caller can fix projected coordinates)."""
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -151,7 +175,7 @@ def check_lonlat_bbox(bbox) -> tuple[float, float, float, float]:
     if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= 90 and -90 <= north <= 90):
         raise StacError(
             f"bbox {bbox!r} is not in degrees (longitude/latitude, EPSG:4326): it looks like projected "
-            "coordinates. Give (west, south, east, north) in degrees, or pass bbox_crs= with its CRS."
+            f"coordinates. {fix}"
         )
     if west >= east or south >= north:
         raise StacError(f"bbox {bbox!r} is empty or inverted; expected west < east and south < north.")
@@ -161,9 +185,24 @@ def check_lonlat_bbox(bbox) -> tuple[float, float, float, float]:
 def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
     """Assign items to sensors: sensor -> (its source, its items).
 
-    ``sensors`` maps a sensor to a collection id, a ``SensorSource`` or a ``StacSource``; by
-    default every collection is matched against the sensor table by collection id and asset
-    keys (and item properties such as ``sat:orbit_state``).
+    ``sensors`` maps a sensor to a collection id, a ``SensorSource`` (e.g. from
+    ``custom_source``) or a ``StacSource``; by default every collection is matched against the
+    sensor table by collection id and asset keys (and item properties such as
+    ``sat:orbit_state``).
+
+    Sentinel-1 by default: a collection whose items all say ``sat:orbit_state: ascending``
+    feeds ``"s1-asc"`` (VV, VH, in TreeSatAI's linear units); any other (descending, mixed, or
+    orbit not recorded, as in PC items trimmed of it and the sample catalogue) feeds ``"s1"``
+    (VV, VH and the derived VV/VH ratio; its training units are unconfirmed, so ``load`` warns
+    and ``embed`` needs statistics, e.g. from ``xanysat.fit_normalization``). Nothing is claimed
+    ascending that does not say so: pass ``sensors={"s1-asc": "sentinel-1-rtc"}`` when you know
+    it is. An explicit mapping is refused where items contradict it (descending items for
+    ``"s1-asc"``).
+
+    Example:
+        >>> mapped = sensor_sources(items, {"s1-asc": "sentinel-1-rtc"})  # doctest: +SKIP
+        >>> mapped["s1-asc"][0].bands  # doctest: +SKIP
+        ('VV', 'VH')
     """
     by_collection: dict[str, list] = {}
     for item in items:
@@ -184,6 +223,7 @@ def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
                     f"no items of collection {source.source.collection!r} (mapped to {sensor!r}); the items "
                     f"are from {sorted(by_collection)}."
                 )
+            _check_properties(m.name, source.source, chosen)
             result[m.name] = (source, chosen)
         return result
     for collection, group in by_collection.items():
@@ -204,6 +244,22 @@ def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
                             f"{name!r}; pass sensors= to say which to use.")
         result[name] = (_present(name, source, group), group)
     return result
+
+
+def _check_properties(sensor: str, source: StacSource, items) -> None:
+    """Refuse items whose properties contradict the source's (``sat:orbit_state: descending``
+    mapped to ``s1-asc``); items that do not carry the property are accepted."""
+    for key, value in source.query:
+        wrong = [i.id for i in items if i.properties.get(key) is not None and str(i.properties[key]) != value]
+        if wrong:
+            listing = ", ".join(wrong[:3]) + (f" and {len(wrong) - 3} more" if len(wrong) > 3 else "")
+            others = [n for n, m in MODALITIES.items() if n != sensor
+                      and any(s.collection == source.collection and key not in dict(s.query) for s in m.stac)]
+            raise StacError(
+                f"{sensor!r} needs {key} = {value!r}, but {len(wrong)} item(s) of {source.collection!r} say otherwise "
+                f"({listing}). Search with query={{'{key}': {{'eq': '{value}'}}}} (or drop them)"
+                + (f", or map the collection to {' or '.join(map(repr, others))}." if others else ".")
+            )
 
 
 def _matched(source: StacSource, items) -> int:
@@ -288,8 +344,12 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
 
 
 def _items_bounds(items, crs):
-    """Union of the items' footprints: their native ``proj:bbox`` where in ``crs``, else the
-    degrees bbox."""
+    """Union of the items' footprints in ``crs``: their native ``proj:bbox`` (or the bounds
+    given by the assets' ``proj:shape`` and ``proj:transform``, as Earth Search items carry),
+    reprojected where an item is in another CRS; else (an item without them) the degrees bbox,
+    which is larger: a UTM square's lon/lat bbox is not a square."""
+    from odc.geo.geom import BoundingBox
+
     native = []
     for item in items:
         box = item.properties.get("proj:bbox")
@@ -298,15 +358,40 @@ def _items_bounds(items, crs):
                 box = asset.extra_fields.get("proj:bbox")
                 if box is not None:
                     break
-        if box is None or _item_crs(item) != str(crs):
+        if box is None:
+            box = _shape_transform_bounds(item)
+        item_crs = _item_crs(item)
+        if box is None or item_crs is None:
             native = None
             break
-        native.append(box)
+        if item_crs != str(crs):
+            moved = BoundingBox(*map(float, box[:4]), crs=item_crs).to_crs(crs)
+            box = (moved.left, moved.bottom, moved.right, moved.top)
+        native.append(box[:4])
     if native:
         b = np.array(native, dtype="float64")
         return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), crs
     b = np.array([i.bbox for i in items], dtype="float64")
     return (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()), "EPSG:4326"
+
+
+def _shape_transform_bounds(item):
+    """Union of the bounds of the item's assets that carry ``proj:shape`` and a north-up
+    ``proj:transform`` (item-level ones as the default), or ``None``."""
+    boxes = []
+    for asset in item.assets.values():
+        shape = asset.extra_fields.get("proj:shape", item.properties.get("proj:shape"))
+        t = asset.extra_fields.get("proj:transform", item.properties.get("proj:transform"))
+        if not shape or not t or len(t) < 6 or t[1] != 0 or t[3] != 0:
+            continue
+        height, width = shape[:2]
+        x0, y0 = t[2], t[5]
+        x1, y1 = x0 + t[0] * width, y0 + t[4] * height
+        boxes.append((min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    if not boxes:
+        return None
+    b = np.array(boxes, dtype="float64")
+    return b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()
 
 
 def _item_crs(item) -> str | None:
@@ -340,7 +425,8 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
 
     Args:
         items: pystac Items (e.g. from ``search``).
-        sensors: sensor -> collection id / ``SensorSource`` (default: matched from the table).
+        sensors: sensor -> collection id / ``SensorSource`` (default: matched from the table;
+            Sentinel-1 without ``sat:orbit_state: ascending`` feeds ``s1``: see ``sensor_sources``).
         bbox: area in ``bbox_crs`` (default degrees); default: the items' union.
         crs: output CRS (default: the items' CRS; required when they differ).
         align_m: grid bounds are multiples of this (default: the least common multiple of the
@@ -355,6 +441,8 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
         resampling: how bands at other resolutions are resampled onto the sensor's grid.
         groupby: ``"solar_day"`` merges same-day items (odc-stac semantics; UTC day for stackstac).
         patch_url: rewrites or signs each asset href before reading.
+        fail_on_error: False: assets that cannot be read come out as NaN (both loaders) instead
+            of failing the computation.
         check_assets: open every asset once before building the cube; failures are reported
             by item and asset after ``retries`` retries.
 
@@ -410,8 +498,9 @@ def _qa_asset(source: SensorSource, items, cloud_mask) -> str | None:
 
 def verify_assets(mapped, *, patch_url=None, retries: int = 2, qa_assets=None, delay: float = 0.5) -> None:
     """Open every asset the cube needs; raise one ``StacError`` listing each failure by item and asset."""
-    import rasterio
     from concurrent.futures import ThreadPoolExecutor
+
+    import rasterio
 
     jobs = []
     for sensor, (source, group) in mapped.items():
@@ -450,7 +539,7 @@ def verify_assets(mapped, *, patch_url=None, retries: int = 2, qa_assets=None, d
 
 
 def _gdal_path(href: str) -> str:
-    return href[len("file://"):] if href.startswith("file://") else href
+    return href.removeprefix("file://")
 
 
 def _geobox(grid: Grid, resolution: float):
@@ -479,7 +568,7 @@ def _load_sensor(source: SensorSource, items, grid: Grid, *, loader, chunks, qa,
         raw = ds[assets].to_dataarray(dim="band").transpose("time", "band", "y", "x")
         qa_values = ds[qa] if qa else None
     else:
-        raw, qa_values = _stackstac(items, wanted, assets, qa, grid, res, chunks, resampling, patch)
+        raw, qa_values = _stackstac(items, wanted, assets, qa, grid, res, chunks, resampling, patch, fail_on_error)
     raw = raw.assign_coords(band=list(source.bands))
     nodata = [_asset_nodata(items, key, src.nodata) for key in assets]
     if any(n is not None for n in nodata):
@@ -504,7 +593,7 @@ def _asset_nodata(items, key: str, default):
     return default
 
 
-def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, patch):
+def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, patch, fail_on_error: bool = True):
     import stackstac
     from rasterio.enums import Resampling
 
@@ -517,6 +606,9 @@ def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, p
         xy_coords="center", rescale=False, dtype="float32", fill_value=np.float32(np.nan),
         chunksize=(chunks.get("time", 1), 1, chunks.get("y", 1024), chunks.get("x", 1024)),
         resampling=getattr(Resampling, resampling), properties=False, band_coords=False,
+        # as odc-stac's fail_on_error: every read error raises, or none does (NaN instead); stackstac's
+        # own default turns HTTP 404s into NaN silently
+        errors_as_nodata=() if fail_on_error else (Exception(".*"),),
     )
     days = stack["time"].values.astype("datetime64[D]")
     stack = stack.assign_coords(time=days.astype("datetime64[ns]"))
@@ -553,14 +645,21 @@ def _to_model_units(values: xr.DataArray, src: StacSource, items, sensor: str) -
         shift = xr.DataArray(np.array([per_day.get(d, 0.0) for d in days], "float32"), dims="time")
         shifted = values + shift
         values = xr.where(shift != 0, shifted.clip(min=0), shifted, keep_attrs=True)
-    physical = values * np.float32(src.scale) + np.float32(src.offset)
     if src.model_factor is None:
         warnings.warn(
             f"{sensor}: the units of the training data are unconfirmed for {src.catalog}/{src.collection}; the "
             f"cube holds {src.units} unconverted. Fit statistics with xanysat.fit_normalization.", stacklevel=4
         )
-        return physical.astype("float32")
-    return (physical * np.float32(src.model_factor)).astype("float32")
+        factor, offset = float(src.scale), float(src.offset)
+    else:
+        # One multiply-add with the factors combined in float64: S2 DN * 1e-4 * 1e4 is exactly DN
+        # (two float32 multiplications are off by up to 2e-3 for a quarter of the DN).
+        factor, offset = float(src.scale) * src.model_factor, float(src.offset) * src.model_factor
+    if factor != 1.0:
+        values = values * np.float32(factor)
+    if offset != 0.0:
+        values = values + np.float32(offset)
+    return values.astype("float32")
 
 
 def baseline_shift(item, src: StacSource) -> float:
