@@ -81,7 +81,36 @@ def _parser() -> argparse.ArgumentParser:
     map_.set_defaults(run=_run_map)
     info = sub.add_parser("info", help="sensors, models and versions")
     info.set_defaults(run=_run_info)
+    pre = sub.add_parser("pretrain", help="JEPA pretraining on the real sample cubes (resumable)")
+    pre.add_argument("--out", default="runs/pretrain", help="run directory (checkpoints, log.csv, loss.png, model/)")
+    pre.add_argument("--steps", type=int, default=1200)
+    pre.add_argument("--threads", type=int)
+    pre.add_argument("--no-resume", action="store_true", help="start again instead of resuming the run directory")
+    pre.set_defaults(run=_run_pretrain)
+    probe = sub.add_parser("probe", help="linear probes of a saved model against random weights")
+    probe.add_argument("--model", required=True, help="a directory written by save_pretrained")
+    probe.set_defaults(run=_run_probe)
     return parser
+
+
+def _run_pretrain(args) -> int:
+    from pathlib import Path
+
+    from xanysat.checkpoint import save_pretrained
+    from xanysat.pretraining import pretrain_default
+
+    encoder = pretrain_default(args.out, steps=args.steps, threads=args.threads, resume=not args.no_resume)
+    model_dir = save_pretrained(encoder, Path(args.out) / "model",
+                                model_id=f"xanysat-default-{encoder.config.embed_dim}d (JEPA, {args.steps} steps)")
+    _say(f"wrote {model_dir} (loss curve {Path(args.out) / 'loss.png'})")
+    return EXIT_OK
+
+
+def _run_probe(args) -> int:
+    from xanysat.evaluation import compare, table
+
+    print(table(compare(args.model)))
+    return EXIT_OK
 
 
 def _cube_arguments(p: argparse.ArgumentParser) -> None:

@@ -15,6 +15,9 @@ ANYSAT_FILE = "models/AnySat.pth"
 ANYSAT_REVISION = os.environ.get("XANYSAT_ANYSAT_REVISION", "main")
 CHECKPOINT_ENV = "XANYSAT_ANYSAT_CHECKPOINT"
 UNTRAINED_TINY = "untrained-tiny"
+DEFAULT = "default"
+DEFAULT_DIR = Path(__file__).parent / "data" / "models" / "default"
+"""The embedded default: a small model pretrained by xanysat on real data (see its README.md)."""
 
 _HOW_TO_GET = f"""the released AnySat weights are not available offline.
 Get them once on a machine with network access:
@@ -64,10 +67,11 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
     """Load an AnySat encoder in eval mode.
 
     Args:
-        name: ``"base"`` (the released weights), a directory written by
+        name: ``"base"`` (the released weights), ``"default"`` (the small model pretrained by
+            xanysat and shipped with it, Sentinel-2 and Sentinel-1), a directory written by
             ``xanysat.checkpoint.save_pretrained``, ``"untrained-tiny"`` (random weights, for
             plumbing), or ``None``: ``"base"`` when its weights are on this machine, otherwise
-            ``"untrained-tiny"`` with a warning.
+            ``"default"``.
         checkpoint: path to the official ``AnySat.pth`` (skips the Hub).
         cache_dir: Hugging Face cache directory.
         local_files_only: never touch the network.
@@ -88,12 +92,18 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
         try:
             path = official_checkpoint_path(checkpoint=checkpoint, cache_dir=cache_dir, local_files_only=True)
         except CheckpointError:
+            if (DEFAULT_DIR / "config.json").is_file():
+                return load_pretrained(DEFAULT_DIR).to(device)
             import warnings
 
             warnings.warn("released AnySat weights not found locally: using 'untrained-tiny' (random weights). "
                           + _HOW_TO_GET, stacklevel=2)
             return _untrained_tiny().to(device)
         name, checkpoint = "base", path
+    if name == DEFAULT:
+        if not (DEFAULT_DIR / "config.json").is_file():
+            raise CheckpointError(f"the embedded default model is missing from {DEFAULT_DIR}; reinstall xanysat.")
+        return load_pretrained(DEFAULT_DIR).to(device)
     if name == "base":
         path = official_checkpoint_path(checkpoint=checkpoint, cache_dir=cache_dir, local_files_only=local_files_only)
         model = load_official(path, AnySatConfig.base())
@@ -103,7 +113,9 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
         return _untrained_tiny().to(device)
     if Path(name).is_dir():
         return load_pretrained(name).to(device)
-    raise CheckpointError(f"unknown model {str(name)!r}: use 'base', '{UNTRAINED_TINY}' or a saved model directory.")
+    raise CheckpointError(
+        f"unknown model {str(name)!r}: use 'base', '{DEFAULT}', '{UNTRAINED_TINY}' or a saved model directory."
+    )
 
 
 def _revision_of(path: Path) -> str:

@@ -1,0 +1,62 @@
+"""The default model's recipe: real cubes, seeded batches, model card, probe metrics."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xanysat.evaluation import average_precision, fit_logistic
+from xanysat.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files, default_cubes,
+                                 fit_default_normalization, worldcereal_cube)
+
+
+@pytest.fixture(scope="module")
+def worldcereal():
+    return worldcereal_cube()
+
+
+def test_worldcereal_cube_through_the_stac_loader(worldcereal):
+    s2, s1 = worldcereal["s2"]["s2"], worldcereal["s1-asc"]["s1-asc"]
+    assert s2.shape == (12, 9, 100, 100) and "B8A" not in s2.band.values
+    assert s1.shape == (12, 2, 100, 100) and 0 < float(s1.mean()) < 1  # linear power
+    assert worldcereal["s2"].to_dataset().rio.crs.to_epsg() == 32631
+
+
+@pytest.mark.skipif(not BIGEARTHNET.is_dir(), reason="shared BigEarthNet fixtures absent")
+def test_bigearthnet_cubes_and_split():
+    train, held_out = bigearthnet_files("pretrain"), bigearthnet_files("heldout")
+    assert len(train) == 30 and len(held_out) == 24 and not {p.name for p in train} & {p.name for p in held_out}
+    for path in (train[0], held_out[0]):  # v1 and v2 name S1 differently
+        cube = bigearthnet_cube(path)
+        s2, s1 = cube["s2"]["s2"], cube["s1-asc"]["s1-asc"]
+        assert s2.shape == (1, 10, 120, 120) and s1.shape == (1, 2, 120, 120)
+        z = np.load(path)
+        np.testing.assert_array_equal(s2.sel(band="B05").values[0, ::2, ::2], z["S2_B05"])
+        assert float(s1.max()) < 10  # dB converted to linear power
+
+
+def test_batches_are_seeded_and_model_ready(worldcereal):
+    norm = fit_default_normalization([worldcereal])
+    assert set(norm) == {"s1-asc"} and all(s > 0 for s in norm["s1-asc"].std)
+    factory = batch_factory([worldcereal], norm, tile_m=80, patch_sizes=(20, 40), batch_size=3)
+    a, b, c = next(factory(1)), next(factory(1)), next(factory(2))
+    s2 = a[0]["s2"]  # the two empty months are left out, as embed leaves them out
+    assert a[1] in (20, 40) and s2.shape[0] == 3 and s2.shape[1] <= 12 and s2.shape[2:] == (10, 8, 8)
+    for key in a[0]:
+        assert torch.equal(a[0][key], b[0][key])
+    assert any(not torch.equal(a[0][k], c[0][k]) for k in ("s2", "s1-asc"))
+    import xanysat
+
+    model = xanysat.load_model("untrained-tiny")
+    batch = {k: v for k, v in a[0].items() if not k.startswith("s1-asc")}
+    assert model(batch, a[1], "tile").shape == (3, 256)
+
+
+def test_average_precision_and_probe_by_hand():
+    assert average_precision(np.array([0.9, 0.8, 0.1]), np.array([1, 0, 1])) == pytest.approx((1 + 2 / 3) / 2)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    y = (x[:, 0] > 0).astype(int)
+    predict = fit_logistic(x[:100], y[:100], multilabel=False)
+    assert (predict(x[100:]).argmax(1) == y[100:]).mean() > 0.9

@@ -1,0 +1,194 @@
+"""Linear probes on held-out real labels: a pretrained model against the same architecture with
+random weights (seed 0).
+
+- BigEarthNet, 19-class multi-label: probe trained on the 30 v1 patches, tested on the 24 v2
+  patches (held out of pretraining). Features: the tile embedding of each 1.2 km patch
+  (s2 + s1-asc, patch 40 m). Metric: micro average precision (AP) and macro AP over the test
+  classes present; the label prior (class frequency as the score) is the floor.
+- WorldCereal crop types (model outputs of the WorldCereal system used as pseudo-labels):
+  40 m patch embeddings, majority class per patch; probe trained on the western half,
+  tested on the eastern half. Metric: accuracy and macro F1; the majority class is the floor.
+
+    python -m xanysat.evaluation --model runs/default/model      (or: xanysat probe --model ...)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+import xanysat
+from xanysat.checkpoint import load_pretrained
+from xanysat.model import AnySat
+from xanysat.pretraining import BIGEARTHNET, bigearthnet_cube, bigearthnet_files, worldcereal_cube
+
+CROPTYPE = BIGEARTHNET.parent / "worldcereal" / "worldcereal_croptype_classification.nc"
+
+
+def random_twin(model: AnySat) -> AnySat:
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        twin = AnySat(model.config).eval()
+    twin.normalization = dict(model.normalization)
+    twin.model_id = f"random weights, {model.config.embed_dim}d{model.config.depth}"
+    return twin
+
+
+def bigearthnet_labels() -> tuple[dict[str, list[str]], list[str]]:
+    labels = {}
+    for name, column in (("benv1_labels.csv", "labels_19"), ("benv2_labels.csv", "labels")):
+        with open(BIGEARTHNET / name) as f:
+            for row in csv.DictReader(f):
+                key = row.get("patch") or row.get("patch_id")
+                labels[key] = [c for c in row[column].split("|") if c]
+    classes = sorted({c for v in labels.values() for c in v})
+    return labels, classes
+
+
+def _patch_key(path: Path) -> str:
+    return path.stem.split("_", 1)[1]
+
+
+def tile_features(model, files) -> np.ndarray:
+    rows = []
+    for path in files:
+        cube = bigearthnet_cube(path)
+        emb = xanysat.embed(cube, 40, "tile", model=model, tile_size=1200)
+        rows.append(emb.values[:, 0, 0])
+    return np.stack(rows)
+
+
+def fit_logistic(x, y, *, multilabel: bool, weight_decay: float = 1e-2, steps: int = 200):
+    x = torch.as_tensor(x, dtype=torch.float64)
+    y = torch.as_tensor(y)
+    n_out = y.shape[1] if multilabel else int(y.max()) + 1
+    w = torch.zeros(x.shape[1], n_out, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(n_out, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = x @ w + b
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(logits, y.double()) if multilabel
+                else torch.nn.functional.cross_entropy(logits, y.long()))
+        loss = loss + weight_decay * (w**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return lambda z: (torch.as_tensor(z, dtype=torch.float64) @ w + b).detach().numpy()
+
+
+def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    order = np.argsort(-scores, kind="stable")
+    hits = truth[order].astype(bool)
+    if not hits.any():
+        return float("nan")
+    precision = np.cumsum(hits) / (np.arange(len(hits)) + 1)
+    return float(precision[hits].mean())
+
+
+def standardise(train, test):
+    mean, std = train.mean(0), train.std(0) + 1e-6
+    return (train - mean) / std, (test - mean) / std
+
+
+def bigearthnet_probe(model) -> dict:
+    labels, classes = bigearthnet_labels()
+    train_files, test_files = bigearthnet_files("pretrain"), bigearthnet_files("heldout")
+
+    def targets(files):
+        return np.array([[c in labels[_patch_key(p)] for c in classes] for p in files], dtype=float)
+
+    y_train, y_test = targets(train_files), targets(test_files)
+    x_train, x_test = standardise(tile_features(model, train_files), tile_features(model, test_files))
+    scores = fit_logistic(x_train, y_train, multilabel=True)(x_test)
+    present = y_test.any(0)
+    prior = np.broadcast_to(y_train.mean(0), y_test.shape)
+    return {
+        "micro_ap": average_precision(scores.ravel(), y_test.ravel()),
+        "macro_ap": float(np.nanmean([average_precision(scores[:, k], y_test[:, k]) for k in np.flatnonzero(present)])),
+        "prior_micro_ap": average_precision(prior.ravel() + 1e-9 * np.random.default_rng(0).random(prior.size),
+                                            y_test.ravel()),
+        "n_train": len(train_files), "n_test": len(test_files), "classes_in_test": int(present.sum()),
+    }
+
+
+def worldcereal_probe(model, cube) -> dict:
+    emb = xanysat.embed(cube, 40, model=model).compute()
+    classes = xr.open_dataset(CROPTYPE, engine="h5netcdf")["__xarray_dataarray_variable__"].isel(bands=0).values
+    k = 4
+    grid = classes[: emb.sizes["y"] * k, : emb.sizes["x"] * k].reshape(emb.sizes["y"], k, emb.sizes["x"], k)
+    grid = grid.transpose(0, 2, 1, 3).reshape(emb.sizes["y"], emb.sizes["x"], -1)
+    majority = np.array([[np.bincount(c).argmax() for c in row] for row in grid])
+    values, codes = np.unique(majority, return_inverse=True)
+    codes = codes.reshape(majority.shape)
+    feats = np.moveaxis(emb.values, 0, -1)
+    half = emb.sizes["x"] // 2
+    x_train, x_test = feats[:, :half].reshape(-1, feats.shape[-1]), feats[:, half:].reshape(-1, feats.shape[-1])
+    y_train, y_test = codes[:, :half].ravel(), codes[:, half:].ravel()
+    x_train, x_test = standardise(x_train, x_test)
+    predicted = fit_logistic(x_train, y_train, multilabel=False)(x_test).argmax(1)
+    f1 = []
+    for c in np.unique(y_test):
+        tp = np.sum((predicted == c) & (y_test == c))
+        precision = tp / max(1, np.sum(predicted == c))
+        recall = tp / max(1, np.sum(y_test == c))
+        f1.append(0.0 if tp == 0 else 2 * precision * recall / (precision + recall))
+    return {
+        "accuracy": float((predicted == y_test).mean()), "macro_f1": float(np.mean(f1)),
+        "majority_accuracy": float((y_test == np.bincount(y_train).argmax()).mean()),
+        "classes": [int(v) for v in values], "n_train": int(y_train.size), "n_test": int(y_test.size),
+    }
+
+
+def compare(model_dir) -> list[dict]:
+    """Probe results of the model in ``model_dir`` and of its random-weights twin."""
+    torch.manual_seed(0)
+    trained = load_pretrained(model_dir)
+    cube = worldcereal_cube()
+    results = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, model in (("pretrained", trained), ("random", random_twin(trained))):
+            ben = bigearthnet_probe(model) if BIGEARTHNET.is_dir() else {}
+            wc = worldcereal_probe(model, cube) if CROPTYPE.is_file() else {}
+            results.append({"model": name, "bigearthnet": ben, "worldcereal": wc})
+    return results
+
+
+def table(results: list[dict]) -> str:
+    """The probe results as a Markdown table."""
+    lines = ["| weights | BigEarthNet micro AP | macro AP | label-prior AP | WorldCereal accuracy | macro F1 | majority accuracy |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        b, w = r["bigearthnet"], r["worldcereal"]
+        cells = [b.get("micro_ap"), b.get("macro_ap"), b.get("prior_micro_ap"), w.get("accuracy"), w.get("macro_f1"),
+                 w.get("majority_accuracy")]
+        lines.append(f"| {r['model']} | " + " | ".join("n/a" if c is None else f"{c:.3f}" for c in cells) + " |")
+    b, w = results[0]["bigearthnet"], results[0]["worldcereal"]
+    if b:
+        lines.append(f"\nBigEarthNet: probe trained on {b['n_train']} v1 patches, tested on {b['n_test']} v2 patches "
+                     f"held out of pretraining ({b['classes_in_test']} of 19 classes present).")
+    if w:
+        lines.append(f"WorldCereal crop types (pseudo-labels): {w['n_train']} patches of the western half for "
+                     f"training, {w['n_test']} of the eastern half for testing; classes {w['classes']}.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="a directory written by save_pretrained")
+    args = parser.parse_args(argv)
+    print(table(compare(args.model)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The recipe of the shipped default model: real cubes -> tile batches -> JEPA pretraining.
+
+Data, all real and read through the same loaders ``embed`` uses:
+
+- WorldCereal (shipped with the package): 1 km x 1 km, 12 monthly Sentinel-2 L2A medians and
+  Sentinel-1 backscatter, loaded from the shipped STAC catalogue with ``xanysat.stac.load``;
+- BigEarthNet (``shared/fixtures/real/bigearthnet``, optional): 1.2 km x 1.2 km single-date
+  Sentinel-2 L2A (20 m bands repeated onto the 10 m grid, 60 m bands dropped) and Sentinel-1
+  (dB converted to linear power), one cube per patch. The v2 patches are held out of
+  pretraining for the probe.
+
+Batches: random tiles of ``tile_m`` from one source at a time (``CubeDataset`` +
+``RandomTileSampler``), a patch size drawn from ``patch_sizes``, collated with date padding.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+SENSORS = ("s2", "s1-asc")
+BIGEARTHNET = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "bigearthnet"
+S2_10M = ("B02", "B03", "B04", "B08")
+S2_20M = ("B05", "B06", "B07", "B8A", "B11", "B12")
+
+
+def worldcereal_cube() -> xr.DataTree:
+    """The shipped WorldCereal imagery as a cube, through the STAC loader (no server needed)."""
+    import pystac
+
+    from xanysat import stac
+    from xanysat.sample_catalog import write_sample_catalog
+
+    directory = Path(tempfile.mkdtemp(prefix="xanysat-worldcereal-"))
+    write_sample_catalog(directory)
+    items = [pystac.Item.from_dict(json.loads(line)) for line in (directory / "items.ndjson").read_text().splitlines()
+             if line.strip()]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*no 'SCL' asset.*")
+        cube = stac.load(items, sensors={"s2": "sentinel-2-l2a", "s1-asc": "sentinel-1-rtc"})
+    return cube.compute()
+
+
+def bigearthnet_cube(path: Path) -> xr.DataTree:
+    """One BigEarthNet ``.npz`` patch as a single-date s2 + s1-asc cube on a 10 m grid."""
+    z = np.load(path)
+    bands = [z[f"S2_{b}"].astype("float32") for b in S2_10M]
+    bands += [np.repeat(np.repeat(z[f"S2_{b}"].astype("float32"), 2, 0), 2, 1) for b in S2_20M]
+    names = list(S2_10M) + list(S2_20M)
+    s2 = np.stack(bands)[None]
+    vv, vh = (z[k] for k in (("S1_BVV", "S1_BVH") if "S1_BVV" in z.files else ("S1_VV", "S1_VH")))  # v1 / v2 keys
+    s1 = np.stack([10 ** (vv.astype("float64") / 10), 10 ** (vh.astype("float64") / 10)])
+    s1 = s1.astype("float32")[None]
+    date = np.datetime64(_date_of(path.name), "ns")
+    n = s2.shape[-1]
+    coords = {"y": 1200.0 - (np.arange(n) + 0.5) * 10, "x": (np.arange(n) + 0.5) * 10, "time": [date]}
+    nodes = {
+        "s2": xr.Dataset({"s2": (("time", "band", "y", "x"), s2)}, coords={**coords, "band": names}),
+        "s1-asc": xr.Dataset({"s1-asc": (("time", "band", "y", "x"), s1)}, coords={**coords, "band": ["VV", "VH"]}),
+    }
+    # BigEarthNet patches carry no georeferencing here: a nominal UTM grid (EPSG:32633) keeps
+    # the loaders' checks; positions are relative, which is all the model sees.
+    return xr.DataTree.from_dict({k: v.rio.write_crs("EPSG:32633") for k, v in nodes.items()})
+
+
+def _date_of(name: str) -> str:
+    stamp = name.split("_MSIL2A_")[1][:8]
+    return f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}"
+
+
+def bigearthnet_files(split: str) -> list[Path]:
+    """``"pretrain"``: the v1 patches; ``"heldout"``: the v2 patches (probe test set)."""
+    prefix = {"pretrain": "benv1_", "heldout": "benv2_"}[split]
+    return sorted(BIGEARTHNET.glob(f"{prefix}*.npz")) if BIGEARTHNET.is_dir() else []
+
+
+def default_cubes(include_bigearthnet: bool = True) -> list[xr.DataTree]:
+    cubes = [worldcereal_cube()]
+    if include_bigearthnet:
+        cubes += [bigearthnet_cube(p) for p in bigearthnet_files("pretrain")]
+    return cubes
+
+
+def fit_default_normalization(cubes) -> dict:
+    """s1-asc statistics (the sensor table has none) fitted on all pretraining cubes; s2 keeps the table's."""
+    from xanysat.modalities import NormStats
+    from xanysat.normalization import fit_normalization
+
+    values = [fit_normalization(c)["s1-asc"] for c in cubes]
+    mean = np.nanmean([v.mean for v in values], axis=0)
+    std = np.nanmean([v.std for v in values], axis=0)
+    return {"s1-asc": NormStats(tuple(float(v) for v in mean), tuple(float(v) for v in std),
+                                "fitted on the xanysat default pretraining cubes (WorldCereal, BigEarthNet v1), linear power")}
+
+
+def batch_factory(cubes, normalization, *, tile_m: int = 320, patch_sizes=(20, 40), batch_size: int = 8):
+    """``factory(seed)`` -> endless ``(batch, patch_size)``: one cube per batch, chosen at random
+    (WorldCereal half of the time), random tiles from it, a random patch size."""
+    from xanysat.datasets import CubeDataset, collate
+    from xanysat.samplers import RandomTileSampler
+
+    normalize = {"s2": True, **normalization}
+
+    def factory(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        samplers = [RandomTileSampler(c, tile_m, batch_size, generator=g) for c in cubes]
+        readers = [CubeDataset(c, s, normalize=normalize) for c, s in zip(cubes, samplers)]
+        for _ in itertools.count():
+            if len(cubes) == 1 or float(torch.rand((), generator=g)) < 0.5:
+                k = 0
+            else:
+                k = 1 + int(torch.randint(0, len(cubes) - 1, (), generator=g))
+            queries = list(iter(samplers[k]))
+            batch = collate([readers[k][q] for q in queries])
+            patch = int(patch_sizes[int(torch.randint(0, len(patch_sizes), (), generator=g))])
+            yield batch, patch
+
+    return factory
+
+
+DEFAULT_CONFIG = {
+    "model": {"preset": "tiny", "embed_dim": 192, "num_heads": 4, "sensors": list(SENSORS)},
+    "jepa": {"predictor_depth": 2, "predictor_heads": 4, "predictor_dim": 128},
+    "lr": 2e-4, "final_lr": 1e-5, "warmup_steps": 50,
+}
+
+
+def pretrain_default(out_dir, *, steps: int = 1200, tile_m: int = 160, patch_sizes=(20, 40), batch_size: int = 16,
+                     seed: int = 0, threads: int | None = None, progress: bool = True, resume: bool = True):
+    """Pretrain the default model on the real cubes; returns the trained encoder (normalisation attached)."""
+    from xanysat.train import PretrainConfig, pretrain
+
+    cubes = default_cubes()
+    normalization = fit_default_normalization(cubes)
+    config = PretrainConfig(out_dir=str(out_dir), steps=steps, seed=seed, threads=threads, checkpoint_every=100,
+                            monitor_every=100, data=[{"tile_m": tile_m, "patch_sizes": list(patch_sizes),
+                                                      "batch_size": batch_size, "cubes": len(cubes)}],
+                            **DEFAULT_CONFIG)
+    jepa = pretrain(config, batch_factory(cubes, normalization, tile_m=tile_m, patch_sizes=patch_sizes,
+                                          batch_size=batch_size), resume=resume, progress=progress)
+    encoder = jepa.teacher
+    encoder.normalization = normalization
+    return encoder
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from xanysat.checkpoint import save_pretrained
+
+    parser = argparse.ArgumentParser(prog="python -m xanysat.pretraining", description="pretrain the default model")
+    parser.add_argument("--out", default="runs/default")
+    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--threads", type=int)
+    args = parser.parse_args(argv)
+    encoder = pretrain_default(args.out, steps=args.steps, threads=args.threads)
+    save_pretrained(encoder, Path(args.out) / "model",
+                    model_id=f"xanysat-default-{encoder.config.embed_dim}d (JEPA, {args.steps} steps)")
+    print(f"wrote {Path(args.out) / 'model'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+def write_model_card(run_dir, model_dir, probe_markdown: str = "") -> Path:
+    """``model_dir/README.md``: data, settings, loss, collapse monitor, probe results; copies the loss curve."""
+    import csv
+    import shutil
+
+    run_dir, model_dir = Path(run_dir), Path(model_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    log = list(csv.DictReader((run_dir / "log.csv").read_text().splitlines()))
+    monitor = list(csv.DictReader((run_dir / "monitor.csv").read_text().splitlines()))
+    meta = json.loads((model_dir / "config.json").read_text())
+    shutil.copy(run_dir / "loss.png", model_dir / "loss.png")
+
+    def mean_loss(rows):
+        return float(np.mean([float(r["loss"]) for r in rows])) if rows else float("nan")
+
+    first, last = monitor[0], monitor[-1]
+    seconds = sum(float(r["seconds"]) for r in log)
+    card = f"""# xanysat default model: {meta['model_id']}
+
+A small AnySat encoder (Sentinel-2 and Sentinel-1 projectors, width {meta['config']['embed_dim']},
+depth {meta['config']['depth']}, {meta['config']['num_heads']} heads) pretrained by xanysat's JEPA loop
+(`python -m xanysat.pretraining`), so that the package works offline with meaningful features.
+It is not the released AnySat `base` model (`xanysat.load_model("base")`), which is far larger
+and trained on far more data; use that one where it is available.
+
+## Data (all real)
+- WorldCereal test inputs shipped with xanysat (1 km x 1 km, EPSG:32631, 12 monthly Sentinel-2
+  L2A medians without B8A, monthly Sentinel-1 sigma0 as linear power), loaded through the
+  shipped STAC catalogue with `xanysat.stac.load`.
+- BigEarthNet v1 patches (30 x 1.2 km, single-date Sentinel-2 L2A with 20 m bands repeated to
+  10 m, Sentinel-1 dB converted to linear power). The BigEarthNet v2 patches are held out.
+
+## Settings
+- steps {config['steps']}, AdamW lr {config['lr']} (warm-up {config['warmup_steps']}, cosine to {config['final_lr']}),
+  weight decay 0.05, EMA 0.996 -> 1.0, seed {config['seed']}; JEPA settings {config['jepa']}
+  (others as the official pretraining: 4 target blocks, 50 % date dropout, modality masking,
+  MIL-NCE tau 0.1).
+- batches: {config['data']}; one cube per batch, random tiles, patch size drawn per batch.
+- normalisation: Sentinel-2 with the sensor table's statistics; Sentinel-1 with statistics fitted
+  on the pretraining cubes, stored with the weights (`model.normalization`) and used by
+  `xanysat.embed(normalize=True)`: {meta.get('normalization')}
+- compute: {seconds / 60:.1f} min of optimizer steps on 2 CPU cores.
+
+## Training curve
+Mean loss over the first and last 100 steps: {mean_loss(log[:100]):.3f} -> {mean_loss(log[-100:]):.3f}
+(`loss.png`: total, prediction and contrastive losses, smoothed).
+
+Collapse monitor (teacher patch embeddings of a fixed batch): embedding std
+{float(first['teacher_std']):.4f} -> {float(last['teacher_std']):.4f}, effective rank
+{float(first['teacher_effective_rank']):.2f} -> {float(last['teacher_effective_rank']):.2f}
+(steps {first['step']} -> {last['step']}).
+
+## Linear probes (`python -m xanysat.evaluation --model <this directory>`)
+{probe_markdown}
+
+## Licences
+WorldCereal test data: MIT, Copyright (c) 2024 ESA WorldCereal. BigEarthNet samples: from the
+PyPI package configilm 0.7.1 mock data (MIT); BigEarthNet is CDLA-Permissive-1.0. Both contain
+modified Copernicus Sentinel data.
+"""
+    (model_dir / "README.md").write_text(card)
+    return model_dir / "README.md"
