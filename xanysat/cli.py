@@ -137,9 +137,9 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--patch-size", type=int, default=40, help="patch side in metres (default 40)")
     g.add_argument("--output", dest="output_kind", choices=("patch", "tile", "dense"), default="patch")
-    g.add_argument("--model", help="'base' (the released weights), 'untrained-tiny' (random weights, for trying "
-                                   "the pipeline), or a saved model directory; default: 'base' if on this machine, "
-                                   "else 'untrained-tiny' with a warning")
+    g.add_argument("--model", help="'base' (the released weights), 'default' (the small model shipped with "
+                                   "xanysat), 'untrained-tiny' (random weights), or a saved model directory; "
+                                   "default: 'base' if on this machine, else 'default'")
     g.add_argument("--tile-size", type=int, help="tile side in metres")
     g.add_argument("--overlap", type=int, default=0, help="halo in metres around each tile")
     g.add_argument("--batch-size", type=int, default=16)
@@ -149,6 +149,14 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
                    help="fit mean and std on the cube for sensors the sensor table has no statistics for "
                         "(e.g. s1 from sentinel-1-rtc): one pass over those sensors' pixels before embedding "
                         "(again on a resumed run); 'plan' reads no pixels and only accounts for them")
+
+
+def _model_normalization(model) -> dict:
+    """The statistics the model carries (the default model has Sentinel-1's)."""
+    from xanysat.runtime import ModelRef, get_model, model_ref
+
+    ref = model_ref(model)
+    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "normalization", {})
 
 
 def _sensor_pair(text: str) -> tuple[str, str]:
@@ -186,7 +194,8 @@ def _normalize(args, cube, *, read_pixels: bool) -> dict:
     from xanysat.modalities import MODALITIES, NormStats
     from xanysat.normalization import fit_normalization
 
-    missing = [name for name in cube.children if MODALITIES[name].norm is None]
+    carried = _model_normalization(args.model) if not args.fit_normalization else {}
+    missing = [name for name in cube.children if MODALITIES[name].norm is None and name not in carried]
     if missing and not args.fit_normalization:
         raise AnySatInputError(
             f"the sensor table has no normalisation statistics for {', '.join(map(repr, missing))}: pass "
