@@ -87,9 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--threads", type=int)
     pre.add_argument("--no-resume", action="store_true", help="start again instead of resuming the run directory")
     pre.set_defaults(run=_run_pretrain)
-    probe = sub.add_parser("probe", help="linear probes of a saved model against random weights")
-    probe.add_argument("--model", required=True, help="a directory written by save_pretrained")
-    probe.set_defaults(run=_run_probe)
+    for name, helptext in (("finetune", "fine-tune encoder and head on a cube and a label raster (resumable)"),
+                           ("probe", "linear probing: train a head on a frozen encoder (resumable)")):
+        task = sub.add_parser(name, help=helptext)
+        task.add_argument("--config", required=True, help="TOML file of xanysat.finetune.FinetuneConfig settings")
+        task.add_argument("--no-resume", action="store_true")
+        task.add_argument("--map", help="also write the predicted class map of the cube here (.zarr or .tif)")
+        task.set_defaults(run=_run_finetune, freeze=name == "probe")
+    evaluate = sub.add_parser("evaluate", help="linear probes of a saved model against random weights")
+    evaluate.add_argument("--model", required=True, help="a directory written by save_pretrained")
+    evaluate.set_defaults(run=_run_evaluate)
     return parser
 
 
@@ -106,10 +113,34 @@ def _run_pretrain(args) -> int:
     return EXIT_OK
 
 
-def _run_probe(args) -> int:
+def _run_evaluate(args) -> int:
     from xanysat.evaluation import compare, table
 
     print(table(compare(args.model)))
+    return EXIT_OK
+
+
+def _run_finetune(args) -> int:
+    from dataclasses import replace
+    from pathlib import Path
+
+    from xanysat.finetune import _cube, finetune, load_config
+    from xanysat.predict import predict
+
+    cfg = replace(load_config(args.config), freeze=args.freeze)
+    task, rows = finetune(cfg, resume=not args.no_resume)
+    print("\n".join(" | ".join(r) for r in map(lambda r: [str(c) for c in r], rows)))
+    _say(f"wrote {Path(cfg.out_dir) / 'task'}")
+    if args.map:
+        import json
+
+        classes = json.loads((Path(cfg.out_dir) / "task" / "task.json").read_text())["classes"]
+        classes_map = predict(_cube(cfg.cube), task, kind="classes", classes=classes, tile_size=cfg.tile_m)
+        if args.map.endswith((".tif", ".tiff")):
+            classes_map.rio.to_raster(args.map)
+        else:
+            classes_map.to_zarr(args.map, mode="w")
+        _say(f"wrote {args.map}")
     return EXIT_OK
 
 

@@ -94,6 +94,8 @@ def as_cube(obj, sensor: str | None = None) -> Cube:
         >>> cube.extent_m, cube.origin
         ((40.0, 40.0), (0.0, 100.0))
     """
+    if isinstance(obj, Cube):
+        return obj
     if isinstance(obj, xr.DataTree):
         parts = _from_datatree(obj)
     elif isinstance(obj, xr.Dataset):

@@ -1,0 +1,226 @@
+"""Fine-tuning and linear probing from a cube and a label raster, resumable, then a map.
+
+``finetune(FinetuneConfig(...))`` reads tiles of the cube with ``CubeDataset`` (the loaders
+``embed`` uses), splits them spatially (western tiles train, eastern tiles validate, so that
+neighbouring pixels do not leak), trains a head (and, unless ``freeze``, the encoder) with
+AdamW, logs ``log.csv`` per epoch (train loss, validation loss and metric), checkpoints every
+epoch (``resume`` continues exactly) and saves the task: ``task/encoder`` (``save_pretrained``),
+``task/head.pt`` and ``task/task.json``. ``load_task`` reads it back for ``xanysat.predict``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+TASKS = ("segmentation", "classification")
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of a fine-tuning / probing run (a TOML file maps onto it with ``load_config``).
+
+    Attributes:
+        cube: ``"worldcereal"`` (the shipped sample) or a path ``xr.open_datatree`` reads.
+        labels: path of a label raster (NetCDF/Zarr/GeoTIFF) on the cube's CRS; ``label_variable``
+            and ``label_band`` pick the array, ``label_crs`` gives a CRS the file lacks; ``classes``: the label values to learn, in order
+            (others are ignored).
+        task: ``"segmentation"`` (dense head at the output sensor's sub-patches) or
+            ``"classification"`` (majority label of each tile).
+        freeze: linear probing (only the head trains).
+    """
+
+    out_dir: str = "runs/finetune"
+    cube: str = "worldcereal"
+    labels: str = ""
+    label_variable: str | None = None
+    label_band: int = 0
+    label_crs: str | None = None
+    classes: list = field(default_factory=list)
+    task: str = "segmentation"
+    freeze: bool = True
+    model: str | None = None
+    patch_size: int = 40
+    tile_m: int = 320
+    batch_size: int = 8
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    seed: int = 0
+    train_fraction: float = 0.5
+
+
+def load_config(path) -> FinetuneConfig:
+    from xanysat.train import load_config as load
+
+    return load(path, FinetuneConfig)
+
+
+def _cube(spec: str):
+    if spec == "worldcereal":
+        from xanysat.pretraining import worldcereal_cube
+
+        return worldcereal_cube()
+    return xr.open_datatree(spec)
+
+
+def _labels(cfg: FinetuneConfig) -> xr.DataArray:
+    import rioxarray
+
+    path = Path(cfg.labels)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        da = rioxarray.open_rasterio(path).isel(band=cfg.label_band, drop=True)
+    else:
+        ds = xr.open_dataset(path, engine="zarr" if path.suffix == ".zarr" else None, decode_coords="all")
+        da = ds[cfg.label_variable or list(ds.data_vars)[0]]
+        extra = [d for d in da.dims if d not in ("y", "x")]
+        da = da.isel({d: cfg.label_band for d in extra}, drop=True)
+    values = da.values
+    classes = cfg.classes or sorted(int(v) for v in np.unique(values[np.isfinite(values)]))
+    lookup = {int(v): i for i, v in enumerate(classes)}
+    from xanysat.datasets import IGNORE_INDEX
+
+    index = np.full(values.shape, IGNORE_INDEX, dtype="int64")
+    for value, i in lookup.items():
+        index[values == value] = i
+    out = da.copy(data=index)
+    if out.rio.crs is None and cfg.label_crs:
+        out = out.rio.write_crs(cfg.label_crs)
+    if out.rio.crs is None:
+        raise ValueError(f"{path} has no CRS; write one with rioxarray (da.rio.write_crs(...)) or set label_crs.")
+    return out.assign_attrs(classes=[int(c) for c in classes])
+
+
+def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False):
+    """Train (or resume) and save the task; returns the ``TaskModel`` and its epoch log."""
+    from torch.utils.data import DataLoader
+
+    import xanysat
+    from xanysat.cube import as_cube
+    from xanysat.datasets import IGNORE_INDEX, CubeDataset, collate
+    from xanysat.heads import ClassificationHead, SegmentationHead, TaskModel, task_loss
+    from xanysat.samplers import GridTileSampler
+
+    if cfg.task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}.")
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    cube = as_cube(_cube(cfg.cube))
+    labels = _labels(cfg)
+    n_classes = len(labels.attrs["classes"])
+    encoder = xanysat.load_model(cfg.model)
+    D = encoder.config.embed_dim
+    head = SegmentationHead(2 * D, n_classes) if cfg.task == "segmentation" else ClassificationHead(D, n_classes)
+    output_modality = next(iter(cube.sensors)) if cfg.task == "segmentation" else None
+    task = TaskModel(encoder, head, patch_size=cfg.patch_size, output_modality=output_modality, freeze=cfg.freeze)
+    queries = list(GridTileSampler(cube, cfg.tile_m))
+    order = sorted(range(len(queries)), key=lambda i: (queries[i].offset_m[1], queries[i].offset_m[0]))
+    n_train = max(1, round(cfg.train_fraction * len(order)))
+    split = {"train": [queries[i] for i in order[:n_train]], "val": [queries[i] for i in order[n_train:]]}
+    kind = "segmentation" if cfg.task == "segmentation" else "classification"
+    normalize = _normalization(cube, encoder)
+    data = {k: CubeDataset(cube, v, labels=labels, label_kind=kind, ignore_index=IGNORE_INDEX, normalize=normalize)
+            for k, v in split.items()}
+    optimizer = torch.optim.AdamW(task.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    start, checkpoint = 0, out / "checkpoint.pt"
+    if resume and checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=False)
+        task.load_state_dict(state["task"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch"])
+        random.setstate(state["python"])
+        start = state["epoch"]
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    log_path = out / "log.csv"
+    rows = list(csv.reader(log_path.read_text().splitlines()))[: start + 1] if (resume and log_path.is_file()) else []
+    rows = rows or [["epoch", "train_loss", "val_loss", "val_accuracy", "val_miou"]]
+
+    def run(name, train):
+        task.train(train)
+        loader = DataLoader(data[name], batch_size=cfg.batch_size, shuffle=train, collate_fn=collate,
+                            generator=generator if train else None)
+        total, count, confusion = 0.0, 0, np.zeros((n_classes, n_classes), dtype=np.int64)
+        for batch in loader:
+            target = batch.pop("label")
+            with torch.set_grad_enabled(train):
+                logits = task(batch)
+                loss = task_loss(logits, target, ignore_index=IGNORE_INDEX)
+            if train:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            valid = target != IGNORE_INDEX
+            if bool(valid.any()):
+                total += float(loss) * int(valid.sum())
+                count += int(valid.sum())
+                predicted = logits.argmax(1)
+                np.add.at(confusion, (target[valid].numpy(), predicted[valid].numpy()), 1)
+        return total / max(count, 1), confusion
+
+    for epoch in range(start, cfg.epochs):
+        train_loss, _ = run("train", True)
+        with torch.no_grad():
+            val_loss, confusion = run("val", False)
+        accuracy = np.trace(confusion) / max(confusion.sum(), 1)
+        union = confusion.sum(0) + confusion.sum(1) - np.diag(confusion)
+        miou = float(np.mean(np.diag(confusion)[union > 0] / union[union > 0])) if (union > 0).any() else float("nan")
+        rows.append([epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{accuracy:.4f}", f"{miou:.4f}"])
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+        torch.save({"epoch": epoch + 1, "task": task.state_dict(), "optimizer": optimizer.state_dict(),
+                    "generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()},
+                   checkpoint)
+    save_task(task, out / "task", cfg, labels.attrs["classes"])
+    return task, rows
+
+
+def _normalization(cube, encoder) -> dict:
+    """The model's own statistics, else the sensor table's, else fitted on the cube (and kept
+    with the saved encoder, so that ``predict`` normalises the same way)."""
+    from xanysat.modalities import MODALITIES
+    from xanysat.normalization import fit_normalization
+
+    stats = {name: encoder.normalization[name] for name in cube.sensors if name in encoder.normalization}
+    missing = [n for n in cube.sensors if n not in stats and MODALITIES[n].norm is None]
+    if missing:
+        fitted = fit_normalization(cube)
+        stats.update({n: fitted[n] for n in missing})
+        encoder.normalization = {**encoder.normalization, **{n: fitted[n] for n in missing}}
+    return {name: stats.get(name, True) for name in cube.sensors}
+
+
+def save_task(task, directory: Path, cfg: FinetuneConfig, classes) -> Path:
+    from xanysat.checkpoint import save_pretrained
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_pretrained(task.encoder, directory / "encoder")
+    torch.save(task.head.state_dict(), directory / "head.pt")
+    meta = {"task": cfg.task, "classes": list(classes), "patch_size": cfg.patch_size,
+            "output_modality": task.output_modality, "embed_dim": task.encoder.config.embed_dim}
+    (directory / "task.json").write_text(json.dumps(meta, indent=1))
+    return directory
+
+
+def load_task(directory):
+    """A ``TaskModel`` saved by ``finetune`` (in eval mode), and its class values."""
+    from xanysat.checkpoint import load_pretrained
+    from xanysat.heads import ClassificationHead, SegmentationHead, TaskModel
+
+    directory = Path(directory)
+    meta = json.loads((directory / "task.json").read_text())
+    encoder = load_pretrained(directory / "encoder")
+    D, K = meta["embed_dim"], len(meta["classes"])
+    head = SegmentationHead(2 * D, K) if meta["task"] == "segmentation" else ClassificationHead(D, K)
+    head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
+    task = TaskModel(encoder, head, patch_size=meta["patch_size"], output_modality=meta["output_modality"], freeze=True)
+    return task.eval(), meta["classes"]
