@@ -124,3 +124,26 @@ def test_unknown_model_name():
 
 def test_untrained_tiny_is_deterministic():
     assert weights_hash(load_model("untrained-tiny")) == weights_hash(load_model("untrained-tiny"))
+
+
+def test_default_model_missing_is_a_clear_error(monkeypatch, tmp_path):
+    import xanysat.hub as hub
+    from xanysat import CheckpointError
+
+    monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "none")
+    with pytest.raises(CheckpointError, match="embedded default model is missing"):
+        hub.load_model("default")
+
+
+def test_default_model_is_used_when_base_is_absent(monkeypatch, tmp_path):
+    import xanysat.hub as hub
+    from xanysat.checkpoint import save_pretrained
+    from xanysat.modalities import NormStats
+
+    model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "s1-asc")))
+    model.normalization = {"s1-asc": NormStats((0.1, 0.02), (0.05, 0.01), "test")}
+    save_pretrained(model, tmp_path / "default", model_id="test-default")
+    monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "default")
+    monkeypatch.setenv("XANYSAT_ANYSAT_CHECKPOINT", str(tmp_path / "no-such.pth"))
+    loaded = hub.load_model()
+    assert loaded.model_id == "test-default" and loaded.normalization["s1-asc"].mean == (0.1, 0.02)

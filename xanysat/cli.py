@@ -168,9 +168,10 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("embedding")
     g.add_argument("--patch-size", type=int, default=40, help="patch side in metres (default 40)")
     g.add_argument("--output", dest="output_kind", choices=("patch", "tile", "dense"), default="patch")
-    g.add_argument("--model", help="'base' (the released weights), 'default' (the small model shipped with "
-                                   "xanysat), 'untrained-tiny' (random weights), or a saved model directory; "
-                                   "default: 'base' if on this machine, else 'default'")
+    g.add_argument("--model", help="'base' (the released weights), 'default' (a small model pretrained by "
+                                   "xanysat, where the package ships one), 'untrained-tiny' (random weights), or a "
+                                   "saved model directory; default: 'base' if on this machine, else 'default' if "
+                                   "shipped, else 'untrained-tiny' with a warning")
     g.add_argument("--tile-size", type=int, help="tile side in metres")
     g.add_argument("--overlap", type=int, default=0, help="halo in metres around each tile")
     g.add_argument("--batch-size", type=int, default=16)

@@ -67,11 +67,11 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
     """Load an AnySat encoder in eval mode.
 
     Args:
-        name: ``"base"`` (the released weights), ``"default"`` (the small model pretrained by
-            xanysat and shipped with it, Sentinel-2 and Sentinel-1), a directory written by
-            ``xanysat.checkpoint.save_pretrained``, ``"untrained-tiny"`` (random weights, for
-            plumbing), or ``None``: ``"base"`` when its weights are on this machine, otherwise
-            ``"default"``.
+        name: ``"base"`` (the released weights), ``"default"`` (a small model pretrained by
+            xanysat, in ``xanysat/data/models/default`` where the package ships one), a
+            directory written by ``xanysat.checkpoint.save_pretrained``, ``"untrained-tiny"``
+            (random weights, for plumbing), or ``None``: ``"base"`` when its weights are on this
+            machine, else ``"default"`` when shipped, else ``"untrained-tiny"`` with a warning.
         checkpoint: path to the official ``AnySat.pth`` (skips the Hub).
         cache_dir: Hugging Face cache directory.
         local_files_only: never touch the network.
