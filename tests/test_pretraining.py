@@ -1,13 +1,12 @@
 """The default model's recipe: real cubes, seeded batches, model card, probe metrics."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
 
 from xanysat.evaluation import average_precision, fit_logistic
-from xanysat.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files, default_cubes,
+from xanysat.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files,
                                  fit_default_normalization, worldcereal_cube)
 
 

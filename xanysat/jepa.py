@@ -292,17 +292,6 @@ def gather_patches(x: Tensor, index: Tensor) -> Tensor:
 # -- masked student forward -------------------------------------------------------------------
 
 
-def _project(model: AnySat, name: str, batch: Mapping[str, Tensor], layout: BatchLayout) -> Tensor:
-    # Same as AnySat._project (kept here so jepa only uses the encoder's public submodules).
-    modality = MODALITIES[name]
-    projector = model.projectors[name]
-    mask = layout.masks.get(name)
-    if modality.time_series:
-        pixels = 1 if modality.tile_token else max(1, layout.scale // modality.reduce_scale)
-        return projector(batch[name], batch[f"{name}_dates"], pixels, mask)
-    return projector(batch[name], layout.scale, mask)
-
-
 def sensor_tokens(model: AnySat, batch: Mapping[str, Tensor], layout: BatchLayout
                   ) -> tuple[dict[str, Tensor], list[Tensor]]:
     """Patch-encoder outputs before any position embedding or masking.
@@ -314,7 +303,7 @@ def sensor_tokens(model: AnySat, batch: Mapping[str, Tensor], layout: BatchLayou
     B, D = layout.batch_size, model.config.embed_dim
     patches, tiles = {}, []
     for name in layout.sensors:
-        cls, _ = model.patch_encoder(_project(model, name, batch, layout), MODALITIES[name].token_m)
+        cls, _ = model.patch_encoder(model._project(name, batch, layout), MODALITIES[name].token_m)
         if MODALITIES[name].tile_token:
             tiles.append(cls.view(B, 1, D))
         else:

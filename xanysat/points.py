@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 
 from xanysat.cube import (
-    SENSOR_ATTRS,
+    _attr_sensor,
     _nodata_of,
     _ratio_sources_present,
     _sensor_name,
@@ -210,13 +210,6 @@ def _from_dataset(ds: xr.Dataset, given: str | None) -> list:
         return [(_attr_sensor(ds[v]) or v, _strip_prefix(ds[v], v), ds[v].attrs) for v in named]
     name = _sensor_name(None, ds.attrs, given, "the Dataset")
     return [(name, _single_array(ds, "the Dataset"), ds.attrs)]
-
-
-def _attr_sensor(da: xr.DataArray) -> str | None:
-    for key in SENSOR_ATTRS:
-        if key in da.attrs:
-            return get_modality(str(da.attrs[key])).name
-    return None
 
 
 def _single_array(ds: xr.Dataset, where: str) -> xr.DataArray:
