@@ -59,3 +59,17 @@ def test_average_precision_and_probe_by_hand():
     y = (x[:, 0] > 0).astype(int)
     predict = fit_logistic(x[:100], y[:100], multilabel=False)
     assert (predict(x[100:]).argmax(1) == y[100:]).mean() > 0.9
+
+
+def test_model_card_reports_the_run(tmp_path):
+    from test_train import batches, config
+
+    from xanysat.checkpoint import save_pretrained
+    from xanysat.pretraining import write_model_card
+    from xanysat.train import pretrain
+
+    jepa = pretrain(config(tmp_path / "run"), batches, resume=False, progress=False)
+    save_pretrained(jepa.teacher, tmp_path / "model", model_id="card-test")
+    card = write_model_card(tmp_path / "run", tmp_path / "model", "| a | b |").read_text()
+    assert "card-test" in card and "steps 6" in card and "| a | b |" in card
+    assert "effective rank" in card and (tmp_path / "model" / "loss.png").is_file()
