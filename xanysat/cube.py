@@ -300,16 +300,21 @@ def _grid_of(da: xr.DataArray, name: str) -> tuple[float, tuple[float, float]]:
     return res, origin
 
 
-def _dates_of(da: xr.DataArray, name: str) -> np.ndarray:
-    if "time" not in da.coords:
-        raise DimensionError(f"{name!r} has a 'time' dim but no 'time' coordinate; give the acquisition dates.")
-    t = da["time"].values
+def as_datetimes(values, name: str) -> np.ndarray:
+    """A ``time`` coordinate's values as ``datetime64[ns]``, or a ``DimensionError``."""
+    t = np.asarray(values)
     if not np.issubdtype(t.dtype, np.datetime64):
         try:
             t = np.asarray(t, dtype="datetime64[ns]")
         except (TypeError, ValueError):
             raise DimensionError(f"{name!r}'s 'time' coordinate holds {t.dtype}; expected dates (datetime64).") from None
-    t = t.astype("datetime64[ns]")
+    return t.astype("datetime64[ns]")
+
+
+def _dates_of(da: xr.DataArray, name: str) -> np.ndarray:
+    if "time" not in da.coords:
+        raise DimensionError(f"{name!r} has a 'time' dim but no 'time' coordinate; give the acquisition dates.")
+    t = as_datetimes(da["time"].values, name)
     if np.isnat(t).any():
         raise DimensionError(f"{name!r} has missing (NaT) times; drop those dates.")
     d = np.diff(t.astype("int64"))

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xanysat.batch import BatchLayout, check_batch
-from xanysat.layers import Block, CrossBlock, irpe_buckets, sincos_2d
+from xanysat.layers import Block, CrossBlock, init_linears, irpe_buckets, sincos_2d
 from xanysat.modalities import MODALITIES
 from xanysat.model import AnySat
 
@@ -417,10 +417,7 @@ class Predictor(nn.Module):
     @torch.no_grad()
     def _init_weights(self) -> None:
         # as the release: trunc-normal 0.02 linears, zero biases, residual branches / sqrt(2 * layer)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        init_linears(self)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
         for i, block in enumerate(self.blocks, start=1):
             block.attn.proj.weight.div_(math.sqrt(2.0 * i))

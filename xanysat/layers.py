@@ -112,6 +112,16 @@ def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
     return torch.gather(table, -1, index)
 
 
+@torch.no_grad()
+def init_linears(module: nn.Module) -> None:
+    """Truncated-normal (std 0.02) weights and zero biases for every ``nn.Linear`` (as the release)."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from xanysat.batch import BatchLayout, check_batch
-from xanysat.layers import Block, CrossBlock, sincos_2d
+from xanysat.layers import Block, CrossBlock, init_linears, sincos_2d
 from xanysat.modalities import MODALITIES, Modality
 from xanysat.projectors import LTAEProjector, VHRProjector
 
@@ -192,10 +192,7 @@ class AnySat(nn.Module):
 
     @torch.no_grad()
     def _init_weights(self) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        init_linears(self)
         for name, p in self.named_parameters():
             if name.endswith(("cls_token", "rpe_weight", ".query")):
                 nn.init.trunc_normal_(p, std=0.02)

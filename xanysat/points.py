@@ -22,6 +22,7 @@ import numpy as np
 import xarray as xr
 
 from xanysat.cube import (
+    as_datetimes,
     _attr_sensor,
     _nodata_of,
     _ratio_sources_present,
@@ -303,13 +304,7 @@ def _dates_of(da: xr.DataArray, name: str) -> tuple[str, np.ndarray]:
     else:
         raise DimensionError(f"{name!r}'s 'time' coordinate has dims {coord.dims}; expected (time,) shared by all "
                              "samples or (sample, obs) per sample.")
-    t = np.asarray(coord.values)
-    if not np.issubdtype(t.dtype, np.datetime64):
-        try:
-            t = np.asarray(t, dtype="datetime64[ns]")
-        except (TypeError, ValueError):
-            raise DimensionError(f"{name!r}'s 'time' coordinate holds {t.dtype}; expected dates (datetime64).") from None
-    t = t.astype("datetime64[ns]")
+    t = as_datetimes(coord.values, name)
     if t.ndim == 1 and np.isnat(t).any():
         raise DimensionError(f"{name!r} has missing (NaT) shared times; drop those dates, or give per-sample "
                              "dates as a 2-D time(sample, obs) coordinate.")
