@@ -30,7 +30,29 @@ def _forward(function_path: str):
 
 
 class AnySatAccessor:
-    """``obj.anysat``: AnySat embeddings and maps for xarray objects."""
+    """``obj.anysat``: AnySat embeddings and maps for xarray objects.
+
+    Registered on ``xr.DataTree``, ``xr.Dataset`` and ``xr.DataArray`` when ``xanysat`` is
+    imported. Every method forwards ``obj`` as the first argument of the function it names:
+    ``embed``, ``embed_points``, ``predict``, ``plan``, ``embed_to_zarr``,
+    ``fit_normalization`` on a cube; ``pca_rgb``, ``similarity``, ``to_png`` on an embedding.
+
+    Args:
+        obj: the xarray object the accessor is attached to.
+
+    Example:
+        >>> import numpy as np, xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)
+        >>> emb = cube.anysat.embed(patch_size=40, model="untrained-tiny")
+        >>> emb.dims, emb.shape
+        (('feature', 'y', 'x'), (256, 3, 2))
+        >>> np.array_equal(emb.values, xanysat.embed(cube, 40, model="untrained-tiny").values)
+        True
+        >>> rgb = emb.anysat.pca_rgb()
+        >>> rgb.dims, rgb.shape, str(rgb.dtype)
+        (('y', 'x', 'rgb'), (3, 2, 3), 'uint8')
+    """
 
     def __init__(self, obj):
         self._obj = obj

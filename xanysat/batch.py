@@ -16,7 +16,23 @@ OUTPUTS = ("tile", "patch", "all", "dense")
 
 @dataclass(frozen=True)
 class BatchLayout:
-    """What a valid batch holds, as the model needs it."""
+    """What a valid batch holds, as the model needs it (``check_batch`` returns it).
+
+    Attributes:
+        sensors: the batch's sensor keys, in batch order.
+        batch_size: B.
+        scale: patch side in 10 m units (``patch_size // 10``).
+        grid: patches along y and x (``(0, 0)`` when only tile-token sensors are given).
+        output_modality: the sensor of a ``"dense"`` output, else None.
+        masks: sensor -> boolean mask (True where valid) expanded to the data's shape, for the
+            sensors that came with a ``<sensor>_mask``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_batch
+        >>> layout = check_batch(synthetic_batch(("s2",), extent_m=60), 20, ("s2",))
+        >>> layout.sensors, layout.batch_size, layout.scale, layout.grid, layout.masks
+        (('s2',), 2, 2, (3, 3), {})
+    """
 
     sensors: tuple[str, ...]
     batch_size: int
@@ -106,7 +122,30 @@ def _extent(name: str, x: Tensor) -> tuple[float, float]:
 
 
 def check_patch_size(patch_size: int, extent: tuple[float, float], sensors: tuple[str, ...]) -> int:
-    """Return the scale (patch side in 10 m units) or raise ``PatchSizeError``."""
+    """Return the scale (patch side in 10 m units) or raise ``PatchSizeError``.
+
+    Args:
+        patch_size: patch side in metres: a positive multiple of 10 that divides both sides of
+            ``extent`` and, for sensors with tokens coarser than 10 m (l7, alos), a multiple
+            of their token size.
+        extent: ``(height, width)`` of the tile in metres.
+        sensors: the patch-level sensors of the batch.
+
+    Returns:
+        ``patch_size // 10``.
+
+    Raises:
+        PatchSizeError: the patch size is not a multiple of 10 m, does not divide the tile or
+            is finer than a sensor's token.
+
+    Example:
+        >>> check_patch_size(20, (60.0, 60.0), ("s2",))
+        2
+        >>> check_patch_size(20, (60.0, 60.0), ("l7",))
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.PatchSizeError: 'l7' has 30 m pixels, so patch_size must be a multiple of 30 m; got 20.
+    """
     if isinstance(patch_size, bool) or not float(patch_size).is_integer() or patch_size <= 0 or patch_size % 10:
         raise PatchSizeError(f"patch_size must be a positive multiple of 10 metres, got {patch_size!r}.")
     patch_size = int(patch_size)
@@ -131,10 +170,32 @@ def check_batch(batch: Mapping[str, Tensor], patch_size: int, known: tuple[str, 
                 output_modality: str | None = None) -> BatchLayout:
     """Validate a model batch and describe it.
 
+    Args:
+        batch: ``{sensor: data, "<sensor>_dates": (B, T), "<sensor>_mask": ...}`` as
+            ``AnySat.forward`` takes it.
+        patch_size: patch side in metres.
+        known: the sensors the model has projectors for.
+        output: ``"tile"``, ``"patch"``, ``"all"`` or ``"dense"``.
+        output_modality: the sensor of a ``"dense"`` output (default: the first patch-level one).
+
+    Returns:
+        The batch's ``BatchLayout``.
+
     Raises:
         ModalityError: unknown or unsupported sensor, stray keys.
         DimensionError: wrong dims, channels, dates, masks, extents, NaN.
         PatchSizeError: a patch size the tile or a sensor cannot be cut into.
+
+    Example:
+        >>> from xanysat.testing import synthetic_batch
+        >>> batch = synthetic_batch(("s2", "modis"), extent_m=60)
+        >>> check_batch(batch, 30, ("s2", "modis"), output="dense").output_modality
+        's2'
+        >>> del batch["s2_dates"]
+        >>> check_batch(batch, 30, ("s2", "modis"))
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: 's2' is a time series; give its dates as 's2_dates' of shape (B, T).
     """
     if not isinstance(batch, Mapping):
         raise DimensionError(f"the batch must be a dict of tensors, got {type(batch).__name__}.")
@@ -181,7 +242,18 @@ def check_batch(batch: Mapping[str, Tensor], patch_size: int, known: tuple[str, 
 
 @dataclass(frozen=True)
 class SensorInput:
-    """A sensor's data in projector band order, with the mask of what was filled."""
+    """A sensor's data in projector band order, with the mask of what was filled (``select_bands``).
+
+    Attributes:
+        data: the data, bands in the projector's order (absent bands are 0).
+        mask: False on the filled bands, True elsewhere; None when no band was filled.
+        filled: names of the filled bands.
+
+    Example:
+        >>> s2 = select_bands(torch.ones(1, 2, 10, 6, 6), MODALITIES["s2"].bands, "s2")
+        >>> tuple(s2.data.shape), s2.mask, s2.filled
+        ((1, 2, 10, 6, 6), None, ())
+    """
 
     data: Tensor
     mask: Tensor | None
@@ -200,12 +272,22 @@ def select_bands(x: Tensor, band_names, sensor: str, *, band_dim: int = -3) -> S
         x: data with bands on ``band_dim``.
         band_names: names of the bands of ``x``, in order (see ``xanysat.modalities.band_index``).
         sensor: sensor name.
+        band_dim: the band dim of ``x`` (kept in the output).
+
+    Returns:
+        A ``SensorInput``: the data with ``n_bands`` bands on ``band_dim``, the mask, the filled names.
 
     Example:
+        >>> import warnings
         >>> x = torch.zeros(1, 2, 9, 6, 6)  # a 60 m Sentinel-2 product has no B08
         >>> names = ["B02", "B03", "B04", "B05", "B06", "B07", "B8A", "B11", "B12"]
-        >>> select_bands(x, names, "s2").filled  # doctest: +SKIP
-        ('B08',)
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     s2 = select_bands(x, names, "s2")
+        >>> s2.filled, tuple(s2.data.shape), s2.mask[0, 0, :, 0, 0].tolist()
+        (('B08',), (1, 2, 10, 6, 6), [True, True, True, True, True, True, False, True, True, True])
+        >>> str(caught[0].message)
+        "s2: bands B08 absent from the input; filled with the projector's missing-value parameter."
     """
     import warnings
 

@@ -13,7 +13,37 @@ from xanysat.runtime import DTYPES, forward_lock, get_model, placement
 
 def run_block(job, block: tuple[int, int], pieces) -> np.ndarray:
     """Embed the tiles of ``block``; ``pieces[i]`` holds sensor i's input chunks (or their halo
-    strips) under the block's window, each as ``[array, first row, first column]``."""
+    strips) under the block's window, each as ``[array, first row, first column]``.
+
+    The body of ``xanysat.embedding.embed_block``, the task of every output block.
+
+    Args:
+        job: the ``xanysat.embedding.EmbedJob``.
+        block: ``(row, column)`` of the output block.
+        pieces: per sensor of ``job.sensors``, a list of ``[array, first row, first column]``:
+            normalised numpy arrays in projector band order, placed by their first pixel in
+            the sensor's grid. Pixels of the window no piece covers are missing (NaN).
+
+    Returns:
+        ``(features, rows, cols)`` float32: the block's cells, NaN where no input pixel is valid.
+
+    Example:
+        >>> import xanysat
+        >>> from xanysat.cube import as_cube
+        >>> from xanysat.embedding import plan_job
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)
+        >>> job, arrays = plan_job(as_cube(cube), 40, "patch", model="untrained-tiny", tile_size=None,
+        ...     overlap=0, batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> s2 = np.asarray(arrays["s2"])  # (time, band, y, x): one chunk, the whole block
+        >>> out = run_block(job, (0, 0), [[[s2, 0, 0]]])
+        >>> out.shape, np.allclose(out, xanysat.embed(cube, 40, model="untrained-tiny").values)
+        ((256, 3, 2), True)
+        >>> top = s2[..., :6, :]  # only the northern 60 m: the last row of 40 m cells has no input
+        >>> np.isnan(run_block(job, (0, 0), [[[top, 0, 0]]])).all(axis=0).tolist()
+        [[False, False], [False, False], [True, True]]
+    """
     g = job.geometry
     windows = {plan.name: _assemble(plan, g, block, sensor_pieces) for plan, sensor_pieces in zip(job.sensors, pieces)}
     rows, cols = g.out_chunks[0][block[0]], g.out_chunks[1][block[1]]

@@ -57,12 +57,48 @@ def _translate(key: str, depth: int, official_to_ours: bool) -> str | None:
 
 
 def official_to_xanysat_key(key: str, depth: int) -> str | None:
-    """Map one official state-dict key to xanysat's naming (None if it has no counterpart)."""
+    """Map one official state-dict key to xanysat's naming (None if it has no counterpart).
+
+    Args:
+        key: a key of the official ``AnySat.model`` state dict.
+        depth: the model's depth (the official ``blocks[depth]`` is the combiner's
+            cross-attention block).
+
+    Returns:
+        The xanysat key, or None.
+
+    Example:
+        >>> official_to_xanysat_key("projector_s2.pad_parameter", 6)
+        'projectors.s2.pad_value'
+        >>> official_to_xanysat_key("blocks.6.attn.q_learned", 6), official_to_xanysat_key("blocks.2.mlp.fc1.bias", 6)
+        ('combiner.cross.attn.query', 'combiner.blocks.2.mlp.fc1.bias')
+        >>> official_to_xanysat_key("head.weight", 6) is None
+        True
+    """
     return _translate(key, depth, official_to_ours=True)
 
 
 def xanysat_to_official_key(key: str, depth: int) -> str:
-    """Inverse of ``official_to_xanysat_key``."""
+    """Inverse of ``official_to_xanysat_key``.
+
+    Args:
+        key: a key of ``AnySat.state_dict()``.
+        depth: the model's depth.
+
+    Returns:
+        The official key.
+
+    Raises:
+        KeyError: ``key`` is not an AnySat key.
+
+    Example:
+        >>> xanysat_to_official_key("combiner.cross.attn.query", 6)
+        'blocks.6.attn.q_learned'
+        >>> xanysat_to_official_key("head.weight", 6)
+        Traceback (most recent call last):
+            ...
+        KeyError: 'head.weight'
+    """
     official = _translate(key, depth, official_to_ours=False)
     if official is None:
         raise KeyError(key)
@@ -70,12 +106,50 @@ def xanysat_to_official_key(key: str, depth: int) -> str:
 
 
 def to_official_state_dict(model: AnySat) -> dict[str, Tensor]:
-    """The model's weights under the official key names (loadable by the release's ``AnySat.model``)."""
+    """The model's weights under the official key names (loadable by the release's ``AnySat.model``).
+
+    Args:
+        model: an ``AnySat``.
+
+    Returns:
+        Official key -> tensor, the tensors of ``state_dict`` (sharing the model's memory).
+
+    Example:
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> official = to_official_state_dict(model)
+        >>> len(official) == len(model.state_dict()), official["projector_s2.pad_parameter"].shape
+        (True, torch.Size([]))
+        >>> torch.equal(official["blocks.1.attn.q_learned"], model.combiner.cross.attn.query)  # D = 1: cross block
+        True
+    """
     return {xanysat_to_official_key(k, model.config.depth): v for k, v in model.state_dict().items()}
 
 
 def config_from_official(config: dict) -> AnySatConfig:
-    """``AnySatConfig`` from the official (hubconf) config dict, checking it against the sensor table."""
+    """``AnySatConfig`` from the official (hubconf) config dict, checking it against the sensor table.
+
+    Args:
+        config: the release's model config: ``embed_dim``, ``depth``, ``num_heads``,
+            ``modalities["all"]`` and one ``projectors`` entry per sensor.
+
+    Returns:
+        The matching ``AnySatConfig``.
+
+    Raises:
+        CheckpointError: a projector's channels or time-series flag do not match the sensor table.
+
+    Example:
+        >>> s2 = {"in_channels": 10, "T": 367, "mlp_in": [4, 16, 32, 64, 32], "n_head": 16, "d_k": 8}
+        >>> official = {"embed_dim": 32, "depth": 1, "num_heads": 2, "modalities": {"all": ["s2"]},
+        ...             "projectors": {"s2": s2}}
+        >>> config = config_from_official(official)
+        >>> config.embed_dim, config.sensors, config.ltae_mlp_in
+        (32, ('s2',), (4, 16, 32, 64, 32))
+        >>> config_from_official({**official, "projectors": {"s2": {**s2, "in_channels": 13}}})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: official projector 's2' (...) does not match the sensor table.
+    """
     from xanysat.modalities import MODALITIES
 
     sensors = tuple(config["modalities"]["all"])
@@ -113,9 +187,30 @@ def _read_official(source) -> dict[str, Tensor]:
 
 
 def convert_official_state_dict(state_dict: dict[str, Tensor], config: AnySatConfig) -> dict[str, Tensor]:
-    """Rename official keys to xanysat's; strict: unknown or missing keys raise ``CheckpointError``.
+    """Rename official keys to xanysat's; strict: unknown keys raise ``CheckpointError``.
 
-    Projectors of sensors outside ``config.sensors`` are dropped on purpose.
+    Projectors of sensors outside ``config.sensors`` are dropped on purpose. Missing keys are
+    reported when the result is loaded (``load_official``).
+
+    Args:
+        state_dict: official key -> tensor.
+        config: the architecture the weights are for.
+
+    Returns:
+        xanysat key -> tensor.
+
+    Raises:
+        CheckpointError: keys that are not AnySat keys.
+
+    Example:
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> official = to_official_state_dict(model)
+        >>> convert_official_state_dict(official, model.config).keys() == model.state_dict().keys()
+        True
+        >>> convert_official_state_dict({**official, "decoder.weight": torch.zeros(1)}, model.config)
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: 1 keys of the checkpoint are not AnySat keys, e.g. ['decoder.weight'].
     """
     from xanysat.modalities import MODALITIES
 
@@ -133,7 +228,35 @@ def convert_official_state_dict(state_dict: dict[str, Tensor], config: AnySatCon
 
 
 def load_official(source, config: AnySatConfig | dict | None = None) -> AnySat:
-    """Build an ``AnySat`` in eval mode from an official checkpoint, loading strictly."""
+    """Build an ``AnySat`` in eval mode from an official checkpoint, loading strictly.
+
+    Args:
+        source: path of the release's ``AnySat.pth`` (read with ``weights_only=True``), or a
+            state dict; a Lightning checkpoint (``state_dict`` with a ``model.`` or
+            ``target_encoder.`` prefix) is unwrapped.
+        config: an ``AnySatConfig``, the official config dict, or None (``AnySatConfig.base()``).
+
+    Returns:
+        The model, in eval mode.
+
+    Raises:
+        CheckpointError: no file, keys that are not AnySat keys, or missing, unexpected or
+            wrongly shaped weights.
+
+    Example:
+        >>> import tempfile
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     path = Path(directory) / "AnySat.pth"
+        ...     torch.save({"state_dict": {f"model.{k}": v for k, v in to_official_state_dict(model).items()}}, path)
+        ...     loaded = load_official(path, model.config)
+        >>> weights_hash(loaded) == weights_hash(model), loaded.training
+        (True, False)
+        >>> load_official("missing/AnySat.pth", model.config)
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: no checkpoint file at missing/AnySat.pth.
+    """
     if isinstance(config, dict):
         config = config_from_official(config.get("config", config))
     config = config or AnySatConfig.base()
@@ -159,7 +282,30 @@ def _load_strict(model: AnySat, state: dict[str, Tensor]) -> None:
 
 
 def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | None = None, card: str = "") -> Path:
-    """Write ``model.safetensors`` and ``config.json`` (xanysat's format) into ``directory``."""
+    """Write ``model.safetensors`` and ``config.json`` (xanysat's format) into ``directory``.
+
+    ``config.json`` holds the architecture, the model id and the normalisation statistics the
+    model carries (``model.normalization``).
+
+    Args:
+        model: an ``AnySat``.
+        directory: created if needed; existing files are overwritten.
+        model_id: recorded id (default ``model.model_id``).
+        card: text of a ``README.md`` model card (none when empty).
+
+    Returns:
+        ``directory`` as a ``Path``.
+
+    Example:
+        >>> import tempfile
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     saved = save_pretrained(model, Path(directory) / "tiny", model_id="tiny-s2", card="# tiny")
+        ...     files = sorted(p.name for p in saved.iterdir())
+        ...     meta = json.loads((saved / "config.json").read_text())
+        >>> files, meta["model_id"], meta["config"]["embed_dim"]
+        (['README.md', 'config.json', 'model.safetensors'], 'tiny-s2', 32)
+    """
     from safetensors.torch import save_file
 
     directory = Path(directory)
@@ -176,7 +322,29 @@ def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | Non
 
 
 def load_pretrained(directory: str | Path) -> AnySat:
-    """Load a model saved by ``save_pretrained``, in eval mode."""
+    """Load a model saved by ``save_pretrained``, in eval mode.
+
+    Args:
+        directory: a directory written by ``save_pretrained``.
+
+    Returns:
+        The model, with its ``model_id`` and ``normalization``.
+
+    Raises:
+        CheckpointError: a file is missing, or the weights do not match the saved config.
+
+    Example:
+        >>> import tempfile
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     loaded = load_pretrained(save_pretrained(model, directory, model_id="tiny-s2"))
+        >>> loaded.model_id, loaded.config == model.config, weights_hash(loaded) == weights_hash(model)
+        ('tiny-s2', True, True)
+        >>> load_pretrained("no-such-directory")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: no-such-directory has no model.safetensors; expected a directory ...
+    """
     from safetensors.torch import load_file
 
     directory = Path(directory)
@@ -195,7 +363,22 @@ def load_pretrained(directory: str | Path) -> AnySat:
 
 
 def weights_hash(model: AnySat) -> str:
-    """Short content hash of the weights, for provenance attributes."""
+    """Short content hash of the weights, for provenance attributes.
+
+    Args:
+        model: any ``nn.Module`` (keys and raw bytes of its state dict are hashed).
+
+    Returns:
+        The first 16 hex digits of the SHA-256.
+
+    Example:
+        >>> def tiny(seed):
+        ...     with torch.random.fork_rng():
+        ...         torch.manual_seed(seed)
+        ...         return AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> len(weights_hash(tiny(0))), weights_hash(tiny(0)) == weights_hash(tiny(0)) != weights_hash(tiny(1))
+        (16, True)
+    """
     import hashlib
 
     digest = hashlib.sha256()

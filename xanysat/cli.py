@@ -1,5 +1,7 @@
 """``xanysat`` on the command line: embed, plan, map, info.
 
+Usage::
+
     xanysat embed --stac URL --collections sentinel-2-l2a --bbox W S E N --datetime 2021-01-01/2021-12-31 \\
         --patch-size 40 -o emb.zarr
     xanysat embed ... --collections sentinel-2-l2a sentinel-1-rtc --fit-normalization ...
@@ -30,6 +32,37 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0,
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``xanysat`` command line (see the module docstring for the commands).
+
+    Errors in the input, the model or an interruption are reported in one line on stderr and
+    turned into an exit code; anything else raises.
+
+    Args:
+        argv: the arguments after ``xanysat`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit code: ``EXIT_OK`` (0), ``EXIT_USAGE`` (2: no command), ``EXIT_INPUT`` (3),
+        ``EXIT_MODEL`` (4) or ``EXIT_INTERRUPTED`` (130). A bad command line exits with 2
+        through ``argparse`` (``SystemExit``).
+
+    Example:
+        >>> import tempfile, rioxarray, xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> main(["map", "no-such-store.zarr", "-o", "map.png"]) == EXIT_INPUT  # "no Zarr store at ..."
+        True
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     _ = xanysat.embed_to_zarr(synthetic_cube(("s2",), extent_m=160, n_dates=2), f"{directory}/emb.zarr",
+        ...                               40, model="untrained-tiny", progress=False)
+        ...     code = main(["map", f"{directory}/emb.zarr", "-o", f"{directory}/map.tif"])
+        ...     with rioxarray.open_rasterio(f"{directory}/map.tif") as pca:
+        ...         result = code, pca.shape, pca.rio.resolution()
+        >>> result  # PCA colours: 3 bands of 4 x 4 cells of 40 m
+        (0, (3, 4, 4), (40.0, -40.0))
+        >>> main(["embed", "--stac", "https://earth-search.aws.element84.com/v1", "--collections",
+        ...       "sentinel-2-l2a", "--bbox", "2.35", "48.85", "2.36", "48.86", "--datetime",
+        ...       "2021-01-01/2021-12-31", "-o", "emb.zarr"])  # doctest: +SKIP
+        0
+    """
     parser = _parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):

@@ -35,6 +35,14 @@ class SensorCube:
         resolution_m: pixel size.
         origin: ``(x, y)`` of the grid's top-left corner in the CRS.
         nodata: value that marks missing pixels besides NaN, or ``None``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> s2 = as_cube(synthetic_cube(("s2",), extent_m=(80, 120), n_dates=2)).sensors["s2"]
+        >>> s2.data.dims, s2.shape_px, s2.extent_m, s2.resolution_m, s2.nodata
+        (('time', 'band', 'y', 'x'), (8, 12), (80.0, 120.0), 10.0, None)
+        >>> s2.dates.astype("datetime64[D]").tolist()
+        [datetime.date(2021, 3, 1), datetime.date(2021, 3, 17)]
     """
 
     name: str
@@ -47,15 +55,18 @@ class SensorCube:
 
     @property
     def shape_px(self) -> tuple[int, int]:
+        """``(rows, columns)`` of pixels."""
         return self.data.sizes["y"], self.data.sizes["x"]
 
     @property
     def extent_m(self) -> tuple[float, float]:
+        """``(height, width)`` in metres."""
         ny, nx = self.shape_px
         return ny * self.resolution_m, nx * self.resolution_m
 
     @property
     def band_indices(self) -> tuple[tuple[int | None, ...], tuple[str, ...]]:
+        """Per projector band, its index in ``bands`` (None if absent), and the absent bands' names."""
         return band_index(self.name, self.bands)
 
 
@@ -68,6 +79,16 @@ class Cube:
         crs: the shared CRS as WKT.
         origin: top-left corner ``(x, y)``.
         extent_m: ``(height, width)`` of the union of the sensors' extents, in metres.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("naip", "s2"), extent_m=(80, 120), n_dates=2))
+        >>> list(cube.sensors), cube.origin, cube.extent_m
+        (['naip', 's2'], (600000.0, 5700000.0), (80.0, 120.0))
+        >>> cube.sensors["naip"].shape_px, cube.sensors["s2"].shape_px
+        ((64, 96), (8, 12))
+        >>> cube.crs.startswith('PROJCRS["WGS 84 / UTM zone 31N"')
+        True
     """
 
     sensors: dict[str, SensorCube]
@@ -259,7 +280,18 @@ def _sensor_cube(name: str, da: xr.DataArray, attrs) -> SensorCube:
 
 
 def ratio_sources(band: str) -> tuple[str, str]:
-    """A derived band ``"A/B"`` is ``A / (B + 1e-10)``: return ``(A, B)``."""
+    """A derived band ``"A/B"`` is ``A / (B + 1e-10)``: return ``(A, B)``.
+
+    Args:
+        band: a derived band name of the sensor table (``Modality.derived_bands``).
+
+    Returns:
+        The numerator and denominator band names.
+
+    Example:
+        >>> ratio_sources("VV/VH")
+        ('VV', 'VH')
+    """
     numerator, denominator = band.split("/")
     return numerator, denominator
 
@@ -301,7 +333,27 @@ def _grid_of(da: xr.DataArray, name: str) -> tuple[float, tuple[float, float]]:
 
 
 def as_datetimes(values, name: str) -> np.ndarray:
-    """A ``time`` coordinate's values as ``datetime64[ns]``, or a ``DimensionError``."""
+    """A ``time`` coordinate's values as ``datetime64[ns]``, or a ``DimensionError``.
+
+    Args:
+        values: the coordinate's values: datetimes, or anything numpy parses as dates.
+        name: the sensor, for the error message.
+
+    Returns:
+        The values as ``datetime64[ns]``.
+
+    Raises:
+        DimensionError: the values are not dates.
+
+    Example:
+        >>> as_datetimes(["2021-03-01", "2021-03-17T10:30"], "s2")
+        array(['2021-03-01T00:00:00.000000000', '2021-03-17T10:30:00.000000000'],
+              dtype='datetime64[ns]')
+        >>> as_datetimes(["spring"], "s2")
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: 's2''s 'time' coordinate holds <U6; expected dates (datetime64).
+    """
     t = np.asarray(values)
     if not np.issubdtype(t.dtype, np.datetime64):
         try:

@@ -34,6 +34,31 @@ SENSORS = {"s2": "sentinel-2-l2a", "s1-asc": "sentinel-1-rtc"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo (steps 1 to 5 of the module docstring) and print where the results are.
+
+    Needs ``rustac`` for the local STAC API and takes a minute or more: the full run is not a
+    doctest.
+
+    Args:
+        argv: command-line arguments (default: ``sys.argv[1:]``): ``--out``, ``--model``,
+            ``--patch-size``, ``--loader``.
+
+    Returns:
+        0 when done.
+
+    Example:
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stderr(io.StringIO()) as stderr:
+        ...     try:
+        ...         main(["--loader", "gdal"])
+        ...     except SystemExit as exit:
+        ...         print("exit code", exit.code)
+        exit code 2
+        >>> "argument --loader: invalid choice: 'gdal'" in stderr.getvalue()
+        True
+        >>> main(["--out", "results/demo", "--patch-size", "40"])  # doctest: +SKIP
+        0
+    """
     args = _parse_args(argv)
     started = time.perf_counter()
     import xanysat

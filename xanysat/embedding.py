@@ -34,7 +34,29 @@ FEATURE = "feature"
 
 @dataclass(frozen=True)
 class SensorPlan:
-    """What a task needs to know about one sensor (small and picklable)."""
+    """What a task needs to know about one sensor (small and picklable).
+
+    Attributes:
+        name: the sensor.
+        resolution_m: pixel size.
+        shape_px: ``(rows, columns)`` of the sensor's whole grid.
+        chunk_px: ``(rows, columns)`` of its input chunks (one output block's worth).
+        doy: the dates as the model takes them (``day_of_year``), None for single-date sensors.
+        n_dates: number of dates (0 for single-date sensors).
+        n_bands: the projector's bands.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> s2 = job.sensors[0]
+        >>> s2.name, s2.shape_px, s2.chunk_px, s2.doy, s2.n_dates, s2.n_bands
+        ('s2', (12, 8), (12, 8), (60.0, 76.0, 92.0), 3, 10)
+        >>> s2.n_chunks, s2.tile_token
+        ((1, 1), False)
+    """
 
     name: str
     resolution_m: float
@@ -46,16 +68,36 @@ class SensorPlan:
 
     @property
     def n_chunks(self) -> tuple[int, int]:
+        """Input chunks along y and x."""
         return tuple(math.ceil(n / c) for n, c in zip(self.shape_px, self.chunk_px))
 
     @property
     def tile_token(self) -> bool:
+        """Whether the sensor gives one token per tile (MODIS)."""
         return MODALITIES[self.name].tile_token
 
 
 @dataclass(frozen=True)
 class EmbedJob:
-    """Everything a block task needs besides its input chunks."""
+    """Everything a block task needs besides its input chunks.
+
+    Attributes:
+        model: the model to run, as a picklable ``ModelRef`` (loaded once per worker process).
+        geometry: tiles, blocks and output cells (``xanysat.tiling.Geometry``).
+        sensors: one ``SensorPlan`` per sensor, in cube order.
+        batch_size: tiles per forward.
+        output_modality: the sensor of a ``"dense"`` output, else None.
+        features: channels of the output (``2 * embed_dim`` for ``"dense"``).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> job.features, job.batch_size, job.geometry.n_blocks, job.geometry.out_shape, job.model.source
+        (256, 16, (1, 1), (3, 2), 'untrained-tiny')
+    """
 
     model: ModelRef
     geometry: Geometry
@@ -67,7 +109,20 @@ class EmbedJob:
 
 def day_of_year(times: np.ndarray, origin=None) -> np.ndarray:
     """Dates as the model takes them: 1-based day of year (the official loaders), or days since
-    ``origin`` (e.g. ``"2018-09-01"`` for PASTIS-style weights)."""
+    ``origin`` (e.g. ``"2018-09-01"`` for PASTIS-style weights).
+
+    Args:
+        times: dates (anything ``np.asarray(..., "datetime64[D]")`` takes).
+        origin: None, or the date to count days from.
+
+    Returns:
+        int64 days, one per date.
+
+    Example:
+        >>> times = np.array(["2021-01-01", "2021-03-01T12:00"], "datetime64[ns]")
+        >>> day_of_year(times).tolist(), day_of_year(times, origin="2020-09-01").tolist()
+        ([1, 60], [122, 181])
+    """
     t = np.asarray(times, dtype="datetime64[D]")
     if origin is None:
         return (t - t.astype("datetime64[Y]")).astype("int64") + 1
@@ -123,7 +178,32 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
 
 def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch_size, device, dtype, normalize,
              output_modality, block_tiles, date_origin, window=None, ref: ModelRef | None = None):
-    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays."""
+    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays.
+
+    The first half of ``embed``: geometry, model reference, normalisation and input chunking;
+    no graph is built and no pixel is read.
+
+    Args:
+        cube: a ``Cube`` (``xanysat.cube.as_cube``).
+        patch_size: as for ``embed``; so are ``output``, ``model``, ``tile_size``, ``overlap``,
+            ``batch_size``, ``device``, ``dtype``, ``normalize``, ``output_modality``,
+            ``block_tiles``, ``date_origin`` and ``window``.
+        ref: a ``ModelRef`` to use instead of resolving ``model``, ``device`` and ``dtype``.
+
+    Returns:
+        ``(job, arrays)``: the ``EmbedJob``, and per sensor its normalised dask array in
+        projector band order chunked by output blocks (plus ``"__norm__"``: the statistics used,
+        for the output's attrs).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> arrays["s2"].shape, arrays["s2"].chunksize, round(arrays["__norm__"]["s2"]["mean"][0], 2)
+        ((3, 10, 12, 8), (3, 10, 12, 8), 4304.33)
+    """
     names = tuple(cube.sensors)
     offset, extent = _window(cube, window)
     tile_bytes = None
@@ -201,7 +281,25 @@ def _chunk_px(s: SensorCube, g: Geometry) -> tuple[int, int]:
 
 
 def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
-    """Pixel rows and columns ``[start, stop)`` of a block with its halo (may exceed the grid)."""
+    """Pixel rows and columns ``[start, stop)`` of a block with its halo (may exceed the grid).
+
+    Args:
+        plan: the sensor.
+        g: the job's geometry.
+        block: ``(row, column)`` of the output block.
+
+    Returns:
+        ``((row start, row stop), (column start, column stop))`` in the sensor's pixels.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=1, date_origin=None)
+        >>> pixel_window(job.sensors[0], job.geometry, (0, 0))  # 40 m tiles of 4 x 4 pixels, 40 m halo
+        ((-4, 8), (-4, 8))
+    """
     window = []
     for axis in range(2):
         first = block[axis] * g.block_tiles[axis]
@@ -213,7 +311,28 @@ def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple
 
 
 def chunk_range(plan: SensorPlan, g: Geometry, block) -> tuple[range, range]:
-    """The input chunks (rows, columns) a block's window touches."""
+    """The input chunks (rows, columns) a block's window touches.
+
+    Args:
+        plan: the sensor.
+        g: the job's geometry.
+        block: ``(row, column)`` of the output block.
+
+    Returns:
+        ``(rows, columns)`` as ranges of chunk indices, clipped to the grid.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=1, date_origin=None)
+        >>> s2 = job.sensors[0]
+        >>> s2.chunk_px, s2.n_chunks, pixel_window(s2, job.geometry, (1, 1))
+        ((4, 4), (3, 2), ((0, 12), (0, 12)))
+        >>> chunk_range(s2, job.geometry, (1, 1))
+        (range(0, 3), range(0, 2))
+    """
     ranges = []
     for (lo, hi), c, n in zip(pixel_window(plan, g, block), plan.chunk_px, plan.n_chunks):
         ranges.append(range(max(0, lo // c), min(n, math.ceil(hi / c))))
@@ -274,7 +393,29 @@ def _pieces(plan: SensorPlan, g: Geometry, block, array):
 
 
 def embed_block(job: EmbedJob, bi: int, bj: int, *pieces) -> np.ndarray:
-    """The task: embed the tiles of block ``(bi, bj)``; returns ``(features, rows, cols)``."""
+    """The task: embed the tiles of block ``(bi, bj)``; returns ``(features, rows, cols)``.
+
+    Every key of ``embed``'s dask graph is a call of this function (see
+    ``xanysat.blocks.run_block``).
+
+    Args:
+        job: the ``EmbedJob``.
+        bi, bj: row and column of the output block.
+        pieces: per sensor, its ``[array, first row, first column]`` input pieces.
+
+    Returns:
+        ``(features, rows, cols)`` float32, NaN where no input pixel is valid.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> out = embed_block(job, 0, 0, [[np.asarray(arrays["s2"]), 0, 0]])
+        >>> out.shape, np.allclose(out, embed(cube, 40, model="untrained-tiny").values)
+        ((256, 3, 2), True)
+    """
     from xanysat.blocks import run_block
 
     return run_block(job, (bi, bj), pieces)

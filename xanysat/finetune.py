@@ -35,6 +35,19 @@ class FinetuneConfig:
         task: ``"segmentation"`` (dense head at the output sensor's sub-patches) or
             ``"classification"`` (majority label of each tile).
         freeze: linear probing (only the head trains).
+        out_dir: run directory: ``log.csv``, ``checkpoint.pt``, ``config.json`` and ``task/``.
+        model: the encoder to start from, as ``xanysat.load_model`` takes it.
+        patch_size: patch side in metres.
+        tile_m: side of the training tiles in metres.
+        batch_size, epochs, lr, weight_decay, seed: the optimisation (AdamW).
+        train_fraction: share of the tiles, western first, that train; the others validate.
+
+    Example:
+        >>> cfg = FinetuneConfig(labels="labels.tif", classes=[1, 2], task="classification")
+        >>> cfg.freeze, cfg.model, cfg.patch_size, cfg.tile_m
+        (True, None, 40, 320)
+        >>> asdict(cfg)["classes"]
+        [1, 2]
     """
 
     out_dir: str = "runs/finetune"
@@ -58,6 +71,33 @@ class FinetuneConfig:
 
 
 def load_config(path) -> FinetuneConfig:
+    r"""Read a TOML file of ``FinetuneConfig`` settings (what ``xanysat finetune --config`` takes).
+
+    Args:
+        path: the TOML file; its keys are ``FinetuneConfig`` fields.
+
+    Returns:
+        The ``FinetuneConfig`` (defaults for the keys the file leaves out).
+
+    Raises:
+        ValueError: a key that is not a ``FinetuneConfig`` field (the message lists the known ones).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     toml = Path(directory) / "probe.toml"
+        ...     _ = toml.write_text('labels = "labels.tif"\nclasses = [1, 2]\nepochs = 3\ntask = "classification"\n')
+        ...     cfg = load_config(toml)
+        ...     _ = toml.write_text("epoch = 3\n")
+        ...     try:
+        ...         load_config(toml)
+        ...     except ValueError as error:
+        ...         message = str(error)
+        >>> cfg.labels, cfg.classes, cfg.epochs, cfg.task, cfg.freeze
+        ('labels.tif', [1, 2], 3, 'classification', True)
+        >>> message.split(": ", 1)[1][:40]
+        "unknown settings ['epoch']; known: ['bat"
+    """
     from xanysat.train import load_config as load
 
     return load(path, FinetuneConfig)
@@ -68,7 +108,7 @@ def _cube(spec: str):
         from xanysat.pretraining import worldcereal_cube
 
         return worldcereal_cube()
-    return xr.open_datatree(spec)
+    return xr.open_datatree(spec, decode_coords="all")
 
 
 def _labels(cfg: FinetuneConfig) -> xr.DataArray:
@@ -99,7 +139,45 @@ def _labels(cfg: FinetuneConfig) -> xr.DataArray:
 
 
 def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False):
-    """Train (or resume) and save the task; returns the ``TaskModel`` and its epoch log."""
+    """Train (or resume) and save the task; returns the ``TaskModel`` and its epoch log.
+
+    Args:
+        cfg: the run's settings.
+        resume: continue from ``cfg.out_dir/checkpoint.pt`` when it exists (exactly: same
+            weights, optimiser and random state as an uninterrupted run).
+        progress: unused; runs are logged to ``log.csv``.
+
+    Returns:
+        ``(task, rows)``: the trained ``TaskModel`` (also saved in ``out_dir/task``, see
+        ``load_task``) and the rows of ``log.csv``, header first.
+
+    Raises:
+        ValueError: an unknown ``task``, or labels without a CRS.
+
+    Example:
+        >>> import tempfile
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.checkpoint import save_pretrained
+        >>> from xanysat.testing import synthetic_cube
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     cube = synthetic_cube(("s2",), extent_m=160, n_dates=2)
+        ...     cube.to_netcdf(f"{directory}/cube.nc")
+        ...     south = np.repeat(np.arange(16)[:, None] >= 8, 16, axis=1).astype("int32")  # classes 0 and 1
+        ...     labels = cube["s2"]["s2"].isel(time=0, band=0, drop=True).copy(data=south).rename("label")
+        ...     labels.rio.write_crs("EPSG:32631").to_netcdf(f"{directory}/labels.nc")
+        ...     encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        ...     _ = save_pretrained(encoder, f"{directory}/encoder")
+        ...     cfg = FinetuneConfig(out_dir=f"{directory}/run", cube=f"{directory}/cube.nc",
+        ...                          labels=f"{directory}/labels.nc", model=f"{directory}/encoder",
+        ...                          task="classification", tile_m=80, epochs=2, batch_size=2)
+        ...     task, rows = finetune(cfg, resume=False)
+        ...     written = sorted(p.name for p in Path(cfg.out_dir).iterdir())
+        >>> rows[0], [row[0] for row in rows[1:]]
+        (['epoch', 'train_loss', 'val_loss', 'val_accuracy', 'val_miou'], [0, 1])
+        >>> written, type(task.head).__name__, task.freeze
+        (['checkpoint.pt', 'config.json', 'log.csv', 'task'], 'ClassificationHead', True)
+        >>> finetune(FinetuneConfig(cube="worldcereal", labels="cropland.nc"))  # doctest: +SKIP
+    """
     from torch.utils.data import DataLoader
 
     import xanysat
@@ -161,7 +239,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
                 optimizer.step()
             valid = target != IGNORE_INDEX
             if bool(valid.any()):
-                total += float(loss) * int(valid.sum())
+                total += float(loss.detach()) * int(valid.sum())
                 count += int(valid.sum())
                 predicted = logits.argmax(1)
                 np.add.at(confusion, (target[valid].numpy(), predicted[valid].numpy()), 1)
@@ -200,8 +278,35 @@ def _normalization(cube, encoder) -> dict:
 
 
 def save_task(task, directory: Path, cfg: FinetuneConfig, classes) -> Path:
+    """Save a ``TaskModel`` as ``finetune`` does: ``encoder/``, ``head.pt`` and ``task.json``.
+
+    Args:
+        task: the ``TaskModel`` (its head a ``SegmentationHead`` or ``ClassificationHead``
+            without hidden layers, as ``finetune`` builds them).
+        directory: created if needed.
+        cfg: the run's settings (``task`` and ``patch_size`` are recorded).
+        classes: the label values of the head's outputs, in order.
+
+    Returns:
+        ``directory`` as a ``Path``.
+
+    Example:
+        >>> import tempfile
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.heads import ClassificationHead, TaskModel
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> task = TaskModel(encoder, ClassificationHead(32, 2), patch_size=20, freeze=True)
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     saved = save_task(task, Path(directory) / "task", FinetuneConfig(task="classification", patch_size=20),
+        ...                       [10, 20])
+        ...     files = sorted(p.name for p in saved.iterdir())
+        ...     meta = json.loads((saved / "task.json").read_text())
+        >>> files, meta["classes"], meta["embed_dim"]
+        (['encoder', 'head.pt', 'task.json'], [10, 20], 32)
+    """
     from xanysat.checkpoint import save_pretrained
 
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_pretrained(task.encoder, directory / "encoder")
     torch.save(task.head.state_dict(), directory / "head.pt")
@@ -212,7 +317,29 @@ def save_task(task, directory: Path, cfg: FinetuneConfig, classes) -> Path:
 
 
 def load_task(directory):
-    """A ``TaskModel`` saved by ``finetune`` (in eval mode), and its class values."""
+    """A ``TaskModel`` saved by ``finetune`` (in eval mode), and its class values.
+
+    Args:
+        directory: the ``task`` directory of a run (or one written by ``save_task``).
+
+    Returns:
+        ``(task, classes)``: the frozen ``TaskModel`` in eval mode and the label values of its
+        outputs, for ``xanysat.predict``.
+
+    Example:
+        >>> import tempfile
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.heads import SegmentationHead, TaskModel
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> task = TaskModel(encoder, SegmentationHead(64, 3), patch_size=20, output_modality="s2").eval()
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     _ = save_task(task, Path(directory), FinetuneConfig(patch_size=20), [1, 2, 4])
+        ...     loaded, classes = load_task(directory)
+        >>> batch = synthetic_batch(("s2",), extent_m=60)
+        >>> classes, loaded.training, loaded(batch).shape, torch.allclose(loaded(batch), task(batch))
+        ([1, 2, 4], False, torch.Size([2, 3, 6, 6]), True)
+    """
     from xanysat.checkpoint import load_pretrained
     from xanysat.heads import ClassificationHead, SegmentationHead, TaskModel
 

@@ -50,7 +50,27 @@ Pooling = Literal["token", "avg", "max"]
 
 
 def pool_tokens(tokens: Tensor, pooling: Pooling = "token") -> Tensor:
-    """``(B, 1 + P, D)`` (class token first) -> ``(B, D)``: the class token, or mean / max of patches."""
+    """``(B, 1 + P, D)`` (class token first) -> ``(B, D)``: the class token, or mean / max of patches.
+
+    Args:
+        tokens: the encoder's ``"all"`` output.
+        pooling: ``"token"``, ``"avg"`` or ``"max"``.
+
+    Returns:
+        ``(B, D)``.
+
+    Raises:
+        ValueError: an unknown ``pooling``.
+
+    Example:
+        >>> tokens = torch.arange(12.0).reshape(1, 3, 4)  # class token [0, 1, 2, 3], then 2 patches
+        >>> pool_tokens(tokens).tolist(), pool_tokens(tokens, "avg").tolist(), pool_tokens(tokens, "max").tolist()
+        ([[0.0, 1.0, 2.0, 3.0]], [[6.0, 7.0, 8.0, 9.0]], [[8.0, 9.0, 10.0, 11.0]])
+        >>> pool_tokens(tokens, "sum")
+        Traceback (most recent call last):
+            ...
+        ValueError: pooling must be 'token', 'avg' or 'max', got 'sum'
+    """
     if pooling == "token":
         return tokens[:, 0]
     if pooling == "avg":
@@ -153,6 +173,17 @@ class TaskModel(nn.Module):
         output: encoder output to feed the head (default ``head.encoder_output``).
         output_modality: sensor of the ``"dense"`` output (default: the first of the batch).
         freeze: linear probing.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> task = TaskModel(encoder, ClassificationHead(32, 4), patch_size=[20, 30], freeze=True)
+        >>> task(synthetic_batch(("s2",), extent_m=60)).shape  # logits averaged over 20 m and 30 m patches
+        torch.Size([2, 4])
+        >>> trainable = task.trainable_parameters()
+        >>> len(trainable) == len(list(task.head.parameters())), task.train().encoder.training
+        (True, False)
     """
 
     def __init__(self, encoder: AnySat, head: nn.Module, *, patch_size: int | Sequence[int],
@@ -191,12 +222,52 @@ class TaskModel(nn.Module):
 
 
 def linear_probe(encoder: AnySat, head: nn.Module, *, patch_size: int | Sequence[int], **kwargs) -> TaskModel:
-    """``TaskModel`` with the encoder frozen (official ``freeze: True``)."""
+    """``TaskModel`` with the encoder frozen (official ``freeze: True``).
+
+    Args:
+        encoder: an ``AnySat`` (frozen in place).
+        head: the head to train.
+        patch_size: patch side(s) in metres.
+        kwargs: ``output`` and ``output_modality`` of ``TaskModel``.
+
+    Returns:
+        The ``TaskModel``.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> probe = linear_probe(encoder, SegmentationHead(64, 3), patch_size=20, output_modality="s2")
+        >>> probe(synthetic_batch(("s2",), extent_m=60)).shape  # one label per 10 m sub-patch
+        torch.Size([2, 3, 6, 6])
+        >>> any(p.requires_grad for p in encoder.parameters())
+        False
+    """
     return TaskModel(encoder, head, patch_size=patch_size, freeze=True, **kwargs)
 
 
 def fine_tune(encoder: AnySat, head: nn.Module, *, patch_size: int | Sequence[int], **kwargs) -> TaskModel:
-    """``TaskModel`` training encoder and head (official lr 5e-5: ``xanysat.jepa.build_optimizer``)."""
+    """``TaskModel`` training encoder and head (official lr 5e-5: ``xanysat.jepa.build_optimizer``).
+
+    Args:
+        encoder: an ``AnySat``.
+        head: the head.
+        patch_size: patch side(s) in metres.
+        kwargs: ``output`` and ``output_modality`` of ``TaskModel``.
+
+    Returns:
+        The ``TaskModel``.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> task = fine_tune(encoder, ClassificationHead(32, 4), patch_size=20)
+        >>> loss = task_loss(task(synthetic_batch(("s2",), extent_m=60)), torch.tensor([0, 3]))
+        >>> loss.backward()
+        >>> encoder.cls_token.grad is not None, task.train().encoder.training
+        (True, True)
+    """
     return TaskModel(encoder, head, patch_size=patch_size, freeze=False, **kwargs)
 
 
@@ -244,6 +315,20 @@ def add_sensor(model: AnySat, modality: Modality) -> nn.Module:
 
     Raises:
         ValueError: the model already has this sensor, or another sensor of that name is known.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> projector = add_sensor(encoder, MODALITIES["s1-asc"])  # the sensor table's row: no new sensor
+        >>> type(projector).__name__, encoder.config.sensors
+        ('LTAEProjector', ('s2', 's1-asc'))
+        >>> encoder(synthetic_batch(("s2", "s1-asc"), extent_m=60), 20).shape
+        torch.Size([2, 3, 3, 32])
+        >>> add_sensor(encoder, MODALITIES["s1-asc"])
+        Traceback (most recent call last):
+            ...
+        ValueError: the model already has a projector for 's1-asc'.
     """
     name = modality.name
     if name in model.projectors:
@@ -265,7 +350,30 @@ def add_sensor(model: AnySat, modality: Modality) -> nn.Module:
 
 
 def train_only_projectors(model: AnySat, sensors: Sequence[str]) -> None:
-    """Freeze everything but the projectors of ``sensors`` (official ``freeze_new``)."""
+    """Freeze everything but the projectors of ``sensors`` (official ``freeze_new``).
+
+    The L-TAE missing-value parameter stays frozen (a constant in the release).
+
+    Args:
+        model: the encoder, changed in place.
+        sensors: the sensors whose projectors train.
+
+    Raises:
+        ValueError: the model has no projector for one of ``sensors``.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> _ = add_sensor(encoder, MODALITIES["s1-asc"])
+        >>> train_only_projectors(encoder, ["s1-asc"])
+        >>> sorted({name.split(".")[1] for name, p in encoder.named_parameters() if p.requires_grad})
+        ['s1-asc']
+        >>> train_only_projectors(encoder, ["naip"])
+        Traceback (most recent call last):
+            ...
+        ValueError: the model has no projector for ['naip']; it has s2, s1-asc.
+    """
     missing = [s for s in sensors if s not in model.projectors]
     if missing:
         raise ValueError(f"the model has no projector for {missing}; it has {', '.join(model.projectors)}.")

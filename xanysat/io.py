@@ -107,7 +107,24 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, r
 
 
 class RegionJob:
-    """The whole-cube setup, its regions and the run's fingerprint."""
+    """The whole-cube setup, its regions and the run's fingerprint (``prepare`` builds it).
+
+    Args:
+        setup: the whole-cube ``xanysat.planning.Setup``.
+        regions: its ``xanysat.planning.Regions``.
+        patch_size: patch side in metres.
+        output: ``"patch"``, ``"tile"`` or ``"dense"``.
+
+    Attributes:
+        fingerprint: ``fingerprint(setup)``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> type(job).__name__, job.geometry.out_shape, job.regions.shape, list(job.regions)
+        ('RegionJob', (4, 8), (1, 2), [(0, 0), (0, 1)])
+    """
 
     def __init__(self, setup: Setup, regions: Regions, patch_size, output):
         self.setup = setup
@@ -118,11 +135,29 @@ class RegionJob:
 
     @property
     def geometry(self):
+        """The whole cube's ``xanysat.tiling.Geometry``."""
         return self.setup.geometry
 
 
 def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=None, **embed_kwargs) -> RegionJob:
-    """Read the cube and fix the whole cube's geometry and regions (no graph, no pixel)."""
+    """Read the cube and fix the whole cube's geometry and regions (no graph, no pixel).
+
+    Args:
+        data, patch_size, output, region_blocks, client, embed_kwargs: as for ``embed_to_zarr``.
+
+    Returns:
+        The ``RegionJob``.
+
+    Raises:
+        TypeError: ``window`` given (``embed_to_zarr`` writes the whole cube).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> job.regions.count, job.regions.cells((0, 1)), job.setup.features
+        (2, (slice(0, 4, None), slice(4, 8, None)), 256)
+    """
     if "window" in embed_kwargs:
         raise TypeError("embed_to_zarr writes the whole cube: crop the input instead of passing window=.")
     setup = setup_job(data, patch_size, output, **embed_kwargs)
@@ -132,7 +167,25 @@ def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=N
 
 
 def fingerprint(setup: Setup) -> dict:
-    """What the store's values depend on; a resumed run must match it key by key."""
+    """What the store's values depend on; a resumed run must match it key by key.
+
+    Args:
+        setup: the whole-cube ``xanysat.planning.Setup``.
+
+    Returns:
+        A JSON-serialisable dict: weights hash, dtype, features, patch and tile size, overlap,
+        blocks, grid, sensors (bands, dates, shapes, nodata), normalisation and date origin.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> fp = fingerprint(job.setup)
+        >>> fp["patch_size_m"], fp["tile_size_m"], fp["grid"]["shape"], fp["grid"]["crs"]
+        (40, [160, 160], [4, 8], 'EPSG:32631')
+        >>> fp["sensors"]["s2"]["dates"]
+        ['2021-03-01T00:00:00', '2021-03-17T00:00:00']
+    """
     from pyproj import CRS
 
     g, cube = setup.geometry, setup.cube
@@ -167,7 +220,25 @@ def fingerprint(setup: Setup) -> dict:
 
 def region_input(job: RegionJob, region) -> tuple[xr.DataTree, tuple[tuple, tuple]]:
     """The input of a region, sliced lazily with its halo (clipped to the cube), as a DataTree, and
-    the ``window`` of the region inside it."""
+    the ``window`` of the region inside it.
+
+    Args:
+        job: the ``RegionJob``.
+        region: ``(row, column)`` of the region.
+
+    Returns:
+        ``(tree, window)``: one node per sensor, and ``((y_offset, x_offset), (height, width))``
+        in metres, as ``embed(..., window=)`` takes it.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, overlap=40, block_tiles=1,
+        ...               region_blocks=1)
+        >>> tree, window = region_input(job, (0, 1))  # the eastern half and a 40 m halo to its west
+        >>> window, dict(tree["s2"]["s2"].sizes)
+        (((0.0, 40.0), (160.0, 160.0)), {'time': 2, 'band': 10, 'y': 16, 'x': 20})
+    """
     cube, g = job.setup.cube, job.geometry
     metres = job.regions.metres(region)
     starts, pixels = slice_pixels(cube, g, metres)
@@ -184,7 +255,28 @@ def region_input(job: RegionJob, region) -> tuple[xr.DataTree, tuple[tuple, tupl
 
 def region_embedding(job: RegionJob, region) -> xr.DataArray:
     """The lazy embedding of one region: ``embed`` on the region's input slice, on the whole cube's
-    tile grid (its cells are the whole-cube run's). Builds a graph of the region's size only."""
+    tile grid (its cells are the whole-cube run's). Builds a graph of the region's size only.
+
+    Args:
+        job: the ``RegionJob``.
+        region: ``(row, column)`` of the region.
+
+    Returns:
+        The region's lazy embedding, with the coordinates of its cells in the whole cube.
+
+    Raises:
+        RuntimeError: the region's cells do not match the whole cube's (a bug).
+
+    Example:
+        >>> import numpy as np, xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> east = region_embedding(job, (0, 1))
+        >>> whole = xanysat.embed(cube, 40, model="untrained-tiny", tile_size=160)
+        >>> dict(east.sizes), np.allclose(east.values, whole.isel(x=slice(4, 8)).values)
+        ({'feature': 256, 'y': 4, 'x': 4}, True)
+    """
     from xanysat.embedding import embed
 
     tree, window = region_input(job, region)
@@ -200,7 +292,32 @@ def region_embedding(job: RegionJob, region) -> xr.DataArray:
 
 
 def write_region(job: RegionJob, store, region, *, client=None) -> None:
-    """Compute one region and write it into its cells of the store (the active scheduler, or ``client``)."""
+    """Compute one region and write it into its cells of the store (the active scheduler, or ``client``).
+
+    The store must have been created by ``open_store``; ``mark_done`` the region afterwards.
+
+    Args:
+        job: the ``RegionJob``.
+        store: the Zarr store.
+        region: ``(row, column)`` of the region.
+        client: a ``dask.distributed`` client, or None.
+
+    Raises:
+        RuntimeError: the region's cells do not match the store's (a bug).
+
+    Example:
+        >>> import zarr
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> store = zarr.storage.MemoryStore()
+        >>> open_store(job, store, resume=False).tolist()
+        [[False, False]]
+        >>> write_region(job, store, (0, 1))
+        >>> emb = xr.open_zarr(store, consolidated=False)[EMBEDDING]
+        >>> np.isnan(emb.values).all(axis=(0, 1)).tolist()  # the western region is not written yet
+        [True, True, True, True, False, False, False, False]
+    """
     import dask
 
     emb = region_embedding(job, region)
@@ -223,7 +340,38 @@ def write_region(job: RegionJob, store, region, *, client=None) -> None:
 
 
 def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np.ndarray:
-    """Create the store (or check it, to resume) and return the regions already done as booleans."""
+    """Create the store (or check it, to resume) and return the regions already done as booleans.
+
+    Args:
+        job: the ``RegionJob``; on resume its regions become the store's.
+        store: the Zarr store.
+        resume: check the store's fingerprint and read its manifest (a new store is created);
+            False: overwrite the store.
+        region_blocks: the caller's ``region_blocks``, checked against the store's on resume.
+
+    Returns:
+        One boolean per region (``job.regions.shape``): True where the region is done.
+
+    Raises:
+        ValueError: resuming into a store written by something else or with other settings.
+
+    Example:
+        >>> import zarr
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> store = zarr.storage.MemoryStore()
+        >>> open_store(job, store, resume=False).tolist()
+        [[False, False]]
+        >>> mark_done(store, (0, 0))
+        >>> open_store(job, store, resume=True).tolist()
+        [[True, False]]
+        >>> other = prepare(cube, 20, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> open_store(other, store, resume=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: cannot resume into ...: it was written with other settings (...patch_size_m: 40 in the store, 20 now...
+    """
     existing = _root_attrs(store) if resume else None
     if existing is None:
         _create(job, store)
@@ -251,7 +399,23 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
 
 
 def mark_done(store, region) -> None:
-    """Mark a region written (after its data: see the module docstring)."""
+    """Mark a region written (after its data: see the module docstring).
+
+    Args:
+        store: a store created by ``open_store``.
+        region: ``(row, column)`` of the region.
+
+    Example:
+        >>> import zarr
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> store = zarr.storage.MemoryStore()
+        >>> _ = open_store(job, store, resume=False)
+        >>> mark_done(store, (0, 1))
+        >>> zarr.open_array(store, path=f"{MANIFEST}/{DONE}", mode="r")[...].tolist()
+        [[0, 1]]
+    """
     import zarr
 
     zarr.open_array(store, path=f"{MANIFEST}/{DONE}", mode="r+")[region] = 1
@@ -259,7 +423,24 @@ def mark_done(store, region) -> None:
 
 def template(job: RegionJob) -> xr.Dataset:
     """The store's layout: the whole-cube embedding as a lazy (never computed) array chunked by
-    output blocks, with coordinates, CRS and the attrs of ``embed``."""
+    output blocks, with coordinates, CRS and the attrs of ``embed``.
+
+    Args:
+        job: the ``RegionJob``.
+
+    Returns:
+        A Dataset with the ``embedding`` variable and the fingerprint in its attrs.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
+        >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> ds = template(job)
+        >>> ds[EMBEDDING].shape, ds[EMBEDDING].chunks, str(ds.rio.crs)
+        ((256, 4, 8), ((256,), (4,), (4, 4)), 'EPSG:32631')
+        >>> json.loads(ds.attrs[FINGERPRINT]) == job.fingerprint, ds.attrs[REGION_BLOCKS]
+        (True, [1, 1])
+    """
     import dask.array as dsa
 
     from xanysat.embedding import _transform

@@ -21,6 +21,18 @@ def sincos_1d(dim: int, pos: Tensor) -> Tensor:
     """``[sin(pos * w_k), cos(pos * w_k)]``, ``w_k = 10000^(-k / (dim / 2))``: ``(M,) -> (M, dim)``.
 
     Computed in float32 like the release (whose float64 runs also use float32 encodings).
+
+    Args:
+        dim: channels (even).
+        pos: ``(M,)`` positions.
+
+    Returns:
+        ``(M, dim)`` float32: sines in the first half of the channels, cosines in the second.
+
+    Example:
+        >>> sincos_1d(4, torch.tensor([0.0, 1.0]))  # w = (1, 0.01)
+        tensor([[0.0000, 0.0000, 1.0000, 1.0000],
+                [0.8415, 0.0100, 0.5403, 0.9999]])
     """
     omega = torch.arange(dim // 2, dtype=torch.float32) / (dim / 2.0)
     omega = 1.0 / 10000**omega
@@ -46,6 +58,23 @@ def sincos_2d(dim: int, height: int, width: int, spacing: float, *, like: Tensor
 
     The first half of the channels encodes the column (x) coordinate, the second half the row
     (y), each multiplied by ``spacing`` (metres or 10 m units, as the caller's convention).
+
+    Args:
+        dim: channels (a multiple of 4).
+        height, width: the grid.
+        spacing: distance between neighbouring cells.
+        like: a tensor whose device and dtype the result takes.
+
+    Returns:
+        ``(height * width, dim)``, cached per arguments (do not modify it in place).
+
+    Example:
+        >>> pos = sincos_2d(8, 2, 3, 1.0, like=torch.zeros(0, dtype=torch.float64))
+        >>> pos.shape, pos.dtype
+        (torch.Size([6, 8]), torch.float64)
+        >>> columns, rows = torch.tensor([0.0, 1, 2, 0, 1, 2]), torch.tensor([0.0, 0, 0, 1, 1, 1])
+        >>> torch.equal(pos, torch.cat([sincos_1d(4, columns), sincos_1d(4, rows)], dim=1).double())
+        True
     """
     return _sincos_2d_on(dim, height, width, float(spacing), like.device, like.dtype)
 
@@ -87,7 +116,25 @@ def irpe_buckets(height: int, width: int, n_prefix: int, device: torch.device) -
     """Bucket ids ``(n_prefix + h*w, n_prefix + h*w)`` of iRPE 'euc' on a row-major grid.
 
     Distances 0, 1, 2-3 and >= 4 cells map to buckets 3, 4, 5, 6; any pair with a prefix
-    (class or MODIS) token maps to bucket 7.
+    (class or MODIS) token maps to bucket 7. Euclidean distances are rounded first.
+
+    Args:
+        height, width: the grid of patch tokens.
+        n_prefix: tokens before the grid (class token, MODIS tokens).
+        device: where the (cached) result lives.
+
+    Returns:
+        ``(n_prefix + h*w, n_prefix + h*w)`` int64, cached per arguments.
+
+    Example:
+        >>> irpe_buckets(1, 6, 0, torch.device("cpu"))[0].tolist()  # from the first of a row of 6 cells
+        [3, 4, 5, 5, 6, 6]
+        >>> irpe_buckets(2, 2, 1, torch.device("cpu"))
+        tensor([[7, 7, 7, 7, 7],
+                [7, 3, 4, 4, 4],
+                [7, 4, 3, 4, 4],
+                [7, 4, 4, 3, 4],
+                [7, 4, 4, 4, 3]])
     """
     with torch.inference_mode(False):
         return _irpe_buckets_cpu(height, width, n_prefix).to(device)
@@ -106,6 +153,13 @@ def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
 
     Returns:
         ``(B, 1, Lq, Lk)``, broadcast over heads.
+
+    Example:
+        >>> q, weight = torch.randn(2, 4, 5, 8), torch.randn(1, 8, IRPE_BUCKETS)
+        >>> buckets = irpe_buckets(2, 2, 1, torch.device("cpu"))
+        >>> bias = contextual_bias(q, weight, buckets)
+        >>> bias.shape, torch.allclose(bias[1, 0, 2, 3], q[1, 0, 2] @ weight[0, :, buckets[2, 3]])
+        (torch.Size([2, 1, 5, 5]), True)
     """
     table = q[:, :1] @ weight[0]  # (B, 1, Lq, n_buckets)
     index = buckets.expand(table.shape[0], 1, *buckets.shape)
@@ -114,7 +168,17 @@ def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
 
 @torch.no_grad()
 def init_linears(module: nn.Module) -> None:
-    """Truncated-normal (std 0.02) weights and zero biases for every ``nn.Linear`` (as the release)."""
+    """Truncated-normal (std 0.02) weights and zero biases for every ``nn.Linear`` (as the release).
+
+    Args:
+        module: changed in place; other layer types are left as they are.
+
+    Example:
+        >>> mlp = Mlp(256, 1024)
+        >>> init_linears(mlp)
+        >>> round(mlp.fc1.weight.detach().std().item(), 3), mlp.fc2.bias.detach().abs().max().item()
+        (0.02, 0.0)
+    """
     for m in module.modules():
         if isinstance(m, nn.Linear):
             nn.init.trunc_normal_(m.weight, std=0.02)
@@ -123,6 +187,18 @@ def init_linears(module: nn.Module) -> None:
 
 
 class Mlp(nn.Module):
+    """Transformer MLP: Linear -> GELU -> Linear, back to ``dim`` channels.
+
+    Args:
+        dim: input and output channels.
+        hidden: hidden channels.
+
+    Example:
+        >>> mlp = Mlp(16, 64)
+        >>> mlp(torch.randn(2, 5, 16)).shape, mlp.fc1.out_features
+        (torch.Size([2, 5, 16]), 64)
+    """
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
@@ -139,6 +215,20 @@ class Attention(nn.Module):
     ``heads_as_tokens`` reproduces the official ``flash_attn=True`` path, which passes
     ``(B, heads, N, d)`` tensors to a kernel expecting ``(B, N, heads, d)`` and so attends
     across the heads of each token (SPEC section 9.3). For comparison only.
+
+    Args:
+        dim: token width.
+        num_heads: heads (``dim`` must be divisible by it).
+        irpe: add the contextual iRPE bias; ``forward`` then needs the ``grid`` of the patch
+            tokens, which follow ``N - h*w`` prefix tokens.
+        heads_as_tokens: the official ``flash_attn=True`` behaviour.
+
+    Example:
+        >>> attention = Attention(16, 2, irpe=True)
+        >>> attention(torch.randn(2, 1 + 6, 16), grid=(2, 3)).shape  # class token + 2 x 3 patches
+        torch.Size([2, 7, 16])
+        >>> attention.rpe_weight.shape  # (1, head dim, buckets)
+        torch.Size([1, 8, 8])
     """
 
     def __init__(self, dim: int, num_heads: int, *, irpe: bool = False, heads_as_tokens: bool = False):
@@ -168,7 +258,26 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block."""
+    """Pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        eps: LayerNorm epsilon.
+        irpe, heads_as_tokens: as for ``Attention``.
+
+    Example:
+        >>> block = Block(16, 2, 4.0, eps=1e-6)
+        >>> x = torch.randn(2, 5, 16)
+        >>> block(x).shape, block.mlp.fc1.out_features
+        (torch.Size([2, 5, 16]), 64)
+        >>> with torch.no_grad():
+        ...     for linear in (block.attn.proj, block.mlp.fc2):
+        ...         _ = linear.weight.zero_(), linear.bias.zero_()
+        >>> torch.equal(block(x), x)  # both branches are residual
+        True
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, eps: float, irpe: bool = False,
                  heads_as_tokens: bool = False):
@@ -184,7 +293,18 @@ class Block(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """One learned query per output position attends to all tokens, with iRPE on keys."""
+    """One learned query per output position attends to all tokens, with iRPE on keys.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+
+    Example:
+        >>> cross = CrossAttention(16, 2)
+        >>> x = torch.randn(2, 1 + 2 * 6, 16)  # class token, then 2 sensors of 2 x 3 patches
+        >>> cross(x, torch.zeros(1, 1 + 6, 16), grid=(2, 3), n_prefix=1).shape
+        torch.Size([2, 7, 16])
+    """
 
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
@@ -218,7 +338,20 @@ class CrossAttention(nn.Module):
 
 
 class CrossBlock(nn.Module):
-    """Cross-attention block of the combiner; no residual around the attention (as released)."""
+    """Cross-attention block of the combiner; no residual around the attention (as released).
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_ratio: MLP hidden width as a multiple of ``dim``.
+        eps: LayerNorm epsilon.
+
+    Example:
+        >>> block = CrossBlock(16, 2, 4.0, eps=1e-6)
+        >>> x = torch.randn(2, 1 + 2 * 6, 16)  # class token, then 2 sensors of 2 x 3 patches
+        >>> block(x, torch.zeros(1, 1 + 6, 16), (2, 3), 1).shape  # one output per patch and the class token
+        torch.Size([2, 7, 16])
+    """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, *, eps: float):
         super().__init__()

@@ -18,6 +18,13 @@ class StacSource:
 
     Physical value = (DN + processing-baseline offset, if any) * scale + offset, in ``units``;
     multiply by ``model_factor`` to get the units the projector was trained on.
+
+    Example:
+        >>> src = MODALITIES["s2"].stac[0]
+        >>> src.catalog, src.collection, src.assets[:3]
+        ('planetary-computer', 'sentinel-2-l2a', ('B02', 'B03', 'B04'))
+        >>> src.scale * src.model_factor  # DN -> reflectance -> training units
+        1.0
     """
 
     catalog: str
@@ -53,7 +60,22 @@ class StacSource:
 
 @dataclass(frozen=True)
 class NormStats:
-    """Per-band normalisation ``(x - mean) / std`` in projector band order."""
+    """Per-band normalisation ``(x - mean) / std`` in projector band order.
+
+    Attributes:
+        mean: per-band means, in projector band order.
+        std: per-band standard deviations, same order.
+        source: where the statistics come from.
+
+    Example:
+        >>> stats = MODALITIES["s2"].norm
+        >>> len(stats.mean) == len(stats.std) == MODALITIES["s2"].n_bands
+        True
+        >>> Modality("x", ("a",), 10.0, 1, True, norm=NormStats((0.0, 1.0), (1.0, 1.0), "demo"))
+        Traceback (most recent call last):
+            ...
+        ValueError: sensor 'x' has 1 bands ('a',); inconsistent: norm stats of length 2/2
+    """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -82,6 +104,15 @@ class Modality:
         band_aliases: other names users give bands (lower case) -> the projector bands they
             may mean; more than one band marks an ambiguous name, which ``band_index``
             rejects. Band names and STAC asset keys are aliases without being listed here.
+
+    Example:
+        >>> naip = MODALITIES["naip"]
+        >>> naip.bands, naip.n_bands, naip.is_vhr
+        (('R', 'G', 'B', 'NIR'), 4, True)
+        >>> naip.token_m  # 1.25 m pixels, 8 pixels per token side
+        10.0
+        >>> MODALITIES["s2"].time_series
+        True
     """
 
     name: str
@@ -434,7 +465,25 @@ MODALITIES: dict[str, Modality] = {
 
 
 def get_modality(name: str) -> Modality:
-    """Return the table row for ``name`` or raise a ``ModalityError`` listing known sensors."""
+    """Return the table row for ``name`` or raise a ``ModalityError`` listing known sensors.
+
+    Args:
+        name: sensor key, e.g. ``"s2"``.
+
+    Returns:
+        The sensor's ``Modality``.
+
+    Raises:
+        ModalityError: ``name`` is not in ``MODALITIES``.
+
+    Example:
+        >>> get_modality("s1").bands
+        ('VV', 'VH', 'VV/VH')
+        >>> get_modality("s3")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.ModalityError: unknown sensor 's3'. Known sensors: aerial, aerial-flair, spot, naip, s2, ...
+    """
     from xanysat.errors import ModalityError
 
     try:

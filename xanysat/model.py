@@ -105,6 +105,17 @@ class PatchEncoder(nn.Module):
     A class token is prepended, sub-patch positions get a sin-cos embedding in metres (so
     one encoder serves every ground sampling distance), blocks use iRPE on the sub-patch
     grid; the class token becomes the patch token.
+
+    Args:
+        cfg: the architecture (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``).
+
+    Example:
+        >>> import torch
+        >>> enc = PatchEncoder(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> with torch.no_grad():
+        ...     patch, sub = enc(torch.randn(5, 4, 32), spacing_m=10.0)  # 5 patches of 2 x 2 tokens
+        >>> patch.shape, sub.shape
+        (torch.Size([5, 32]), torch.Size([5, 4, 32]))
     """
 
     def __init__(self, cfg: AnySatConfig):
@@ -140,7 +151,27 @@ class PatchEncoder(nn.Module):
 
 
 class Combiner(nn.Module):
-    """Self-attention over all sensors' patch tokens, then one learned query per patch."""
+    """Self-attention over all sensors' patch tokens, then one learned query per patch.
+
+    ``forward(x, query_pos, grid, n_prefix)`` takes ``x: (B, n_prefix + h*w, D)`` (the class
+    token and any tile tokens first, then the patch tokens of every sensor), ``query_pos:
+    (n_prefix + h*w, D)`` and the patch ``grid`` ``(h, w)``; it returns ``(B, n_prefix + h*w, D)``.
+
+    Args:
+        cfg: the architecture (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
+            ``official_flash_attention``).
+
+    Example:
+        >>> import torch
+        >>> from xanysat.layers import sincos_2d
+        >>> combiner = Combiner(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> x = torch.randn(2, 1 + 2 * 3, 32)  # class token + a 2 x 3 patch grid
+        >>> pos = sincos_2d(32, 2, 3, 10, like=x)
+        >>> with torch.no_grad():
+        ...     out = combiner(x, torch.cat([pos.new_zeros(1, 32), pos]), (2, 3), n_prefix=1)
+        >>> out.shape
+        torch.Size([2, 7, 32])
+    """
 
     def __init__(self, cfg: AnySatConfig):
         super().__init__()

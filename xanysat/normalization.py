@@ -21,13 +21,45 @@ RATIO_LIMIT = 1e4
 
 
 def ratio(numerator, denominator):
-    """The derived ratio bands (``VV/VH``, ``HH/HV``) as the official loaders compute them."""
+    """The derived ratio bands (``VV/VH``, ``HH/HV``) as the official loaders compute them.
+
+    Args:
+        numerator: the first band (``VV``, ``HH``): a number, numpy or xarray array.
+        denominator: the second band (``VH``, ``HV``), broadcastable against ``numerator``.
+
+    Returns:
+        ``numerator / (denominator + 1e-10)``, clipped to ``[-1e4, 1e4]``.
+
+    Example:
+        >>> import numpy as np
+        >>> ratio(np.array([0.2, 0.1]), np.array([0.05, 0.0])).round(6)  # x / 0 is clamped
+        array([4.e+00, 1.e+04])
+    """
     return np.clip(numerator / (denominator + RATIO_EPS), -RATIO_LIMIT, RATIO_LIMIT)
 
 
 def projector_bands(sensor) -> xr.DataArray:
     """A ``SensorCube``'s data in projector band order, lazily: derived bands computed, absent
-    bands all-NaN, nodata as NaN, float32."""
+    bands all-NaN, nodata as NaN, float32.
+
+    Args:
+        sensor: one ``xanysat.cube.SensorCube`` (a value of ``as_cube(data).sensors``).
+
+    Returns:
+        A float32 ``xr.DataArray`` with the sensor's dims and ``band`` = the projector bands.
+
+    Example:
+        >>> import numpy as np
+        >>> from xanysat.cube import as_cube
+        >>> from xanysat.testing import synthetic_cube
+        >>> ds = synthetic_cube(("s1",), extent_m=40, n_dates=2)["s1"].to_dataset()
+        >>> s1 = as_cube(ds.sel(band=["VH", "VV"])).sensors["s1"]  # no ratio band, wrong order
+        >>> out = projector_bands(s1)
+        >>> out.band.values.tolist(), out.dims, out.dtype
+        (['VV', 'VH', 'VV/VH'], ('time', 'band', 'y', 'x'), dtype('float32'))
+        >>> bool(np.allclose(out.sel(band="VV/VH"), ratio(out.sel(band="VV"), out.sel(band="VH"))))
+        True
+    """
     m = MODALITIES[sensor.name]
     indices, _ = sensor.band_indices
     data = sensor.data
@@ -61,7 +93,7 @@ def fit_normalization(data, sensor: str | None = None) -> dict[str, NormStats]:
         sensor -> ``NormStats`` in projector band order; pass it as ``normalize=``.
 
     Example:
-        >>> import numpy as np, xarray as xr
+        >>> import numpy as np, rioxarray, xarray as xr
         >>> da = xr.DataArray(np.arange(16.0).reshape(1, 4, 2, 2), dims=("band", "time", "y", "x"),
         ...     coords={"band": ["VV"], "time": np.arange(4).astype("datetime64[D]"), "y": [15.0, 5.0],
         ...             "x": [5.0, 15.0]}, name="s1-asc").rio.write_crs("EPSG:32631")
@@ -91,7 +123,33 @@ def resolve_normalization(sensors, normalize, model_stats=None) -> dict[str, Nor
     """``normalize`` (bool, or a mapping sensor -> NormStats / (mean, std) / bool) -> stats per sensor.
 
     ``True`` takes the model's own statistics (``model_stats``, what its weights were trained
-    with) where it has them, else the sensor table's."""
+    with) where it has them, else the sensor table's.
+
+    Args:
+        sensors: the cube's sensor names.
+        normalize: ``True`` (default statistics), ``False``/``None`` (already normalised), or a
+            mapping sensor -> ``NormStats``, ``(mean, std)`` or bool; sensors missing from the
+            mapping default to ``True``.
+        model_stats: sensor -> ``NormStats`` the model's weights were trained with, if any.
+
+    Returns:
+        sensor -> ``NormStats``, or ``None`` where no normalisation is applied.
+
+    Raises:
+        DimensionError: no statistics known for a sensor, statistics of the wrong length, a
+            non-positive std, or a mapping naming sensors not in ``sensors``.
+
+    Example:
+        >>> stats = resolve_normalization(["s2", "s1"], {"s1": ([0, 0, 0], [1, 1, 1]), "s2": False})
+        >>> stats["s2"] is None, stats["s1"].std, stats["s1"].source
+        (True, (1, 1, 1), 'given by the user')
+        >>> resolve_normalization(["s2"], True)["s2"].mean[:2]  # the sensor table's
+        (4304.33, 4159.27)
+        >>> resolve_normalization(["s1"], True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: the sensor table has no normalisation statistics for 's1'. ...
+    """
     result = {}
     for name in sensors:
         choice = normalize.get(name, True) if isinstance(normalize, Mapping) else normalize

@@ -42,7 +42,32 @@ _SECONDS_PER_TILE: dict[tuple, float] = {}
 
 @dataclass(frozen=True)
 class Setup:
-    """The whole-cube job: cube, geometry, model and options, as ``embed`` resolves them."""
+    """The whole-cube job: cube, geometry, model and options, as ``embed`` resolves them.
+
+    Built by ``setup_job``. ``doy(name)`` gives a sensor's dates as the day-of-year values the
+    model sees (``None`` for single-date sensors).
+
+    Attributes:
+        cube: the validated ``xanysat.cube.Cube``.
+        geometry: tiles, blocks and output grid (``xanysat.tiling.Geometry``).
+        ref: the resolved ``xanysat.runtime.ModelRef``.
+        features: output features per cell (``2 * embed_dim`` for ``output="dense"``).
+        embed_dim: the model's token width.
+        num_heads: the model's attention heads.
+        mlp_ratio: the model's MLP width ratio.
+        stats: sensor -> ``NormStats`` or ``None`` (see ``resolve_normalization``).
+        output_modality: the sensor of dense outputs, else as given.
+        options: ``embed`` keyword arguments, with the tiling fixed from ``geometry``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup.features, setup.geometry.n_tiles, setup.options["tile_size"]
+        (256, (2, 3), (160, 160))
+        >>> setup.doy("s2")  # dates every 16 days from 2021-03-01
+        array([60, 76, 92])
+    """
 
     cube: Cube
     geometry: Geometry
@@ -65,7 +90,31 @@ class Setup:
 
 
 def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
-    """Read the cube and resolve tiling, model and normalisation exactly as ``embed`` does."""
+    """Read the cube and resolve tiling, model and normalisation exactly as ``embed`` does.
+
+    Args:
+        data: a DataTree, Dataset or DataArray accepted by ``xanysat.embed``.
+        patch_size: patch side in metres.
+        output: ``"tile"``, ``"patch"``, ``"all"`` or ``"dense"``.
+        **options: ``embed`` keyword arguments, some of ``EMBED_OPTIONS``.
+
+    Returns:
+        A ``Setup``; no pixel is read and no dask graph is built.
+
+    Raises:
+        TypeError: an option that ``embed`` does not take.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup.geometry.n_blocks, setup.embed_dim, list(setup.stats)
+        ((2, 3), 256, ['s2'])
+        >>> setup_job(cube, 40, tile=160)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        TypeError: unexpected options ['tile']; expected some of model, tile_size, ...
+    """
     from xanysat.embedding import _window_bytes
     from xanysat.normalization import resolve_normalization
     from xanysat.runtime import ModelRef, get_model, model_ref
@@ -102,7 +151,27 @@ def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
 
 @dataclass(frozen=True)
 class Regions:
-    """The whole cube's blocks grouped into rectangles of ``region_blocks`` blocks."""
+    """The whole cube's blocks grouped into rectangles of ``region_blocks`` blocks.
+
+    Iterating gives the regions' ``(row, column)`` indices, row-major; ``blocks``, ``metres``
+    and ``cells`` locate one region.
+
+    Attributes:
+        geometry: the whole-cube ``Geometry``.
+        region_blocks: blocks per region along y and x.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> regions = Regions(setup.geometry, (1, 2))  # 2 x 3 blocks of one 160 m tile
+        >>> regions.shape, regions.count, list(regions)
+        ((2, 2), 4, [(0, 0), (0, 1), (1, 0), (1, 1)])
+        >>> regions.blocks((1, 1)), regions.metres((1, 1))
+        (((1, 2), (2, 3)), ((160.0, 320.0), (320.0, 480.0)))
+        >>> regions.cells((1, 1))
+        (slice(4, 8, None), slice(8, 12, None))
+    """
 
     geometry: Geometry
     region_blocks: tuple[int, int]
@@ -147,7 +216,25 @@ class Regions:
 
 def default_region_blocks(geometry: Geometry, workers: int, cube: Cube | None = None) -> tuple[int, int]:
     """About ``TASKS_PER_WORKER`` blocks per worker thread, square-ish, and at least one input
-    chunk wide (a region reads whole input chunks: narrower regions would read them again and again)."""
+    chunk wide (a region reads whole input chunks: narrower regions would read them again and again).
+
+    Args:
+        geometry: the whole-cube ``Geometry``.
+        workers: worker threads (see ``worker_threads``).
+        cube: the input ``Cube``, to widen regions to its dask chunks; None: ignore chunks.
+
+    Returns:
+        Blocks per region along y and x, at most the cube's.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup.geometry.n_blocks
+        (2, 3)
+        >>> default_region_blocks(setup.geometry, 1), default_region_blocks(setup.geometry, 8)
+        ((2, 2), (2, 3))
+    """
     target = max(4, TASKS_PER_WORKER * max(1, workers))
     ny, nx = geometry.n_blocks
     side = max(1, math.isqrt(target))
@@ -174,7 +261,31 @@ def _input_chunk_m(cube: Cube) -> tuple[float, float]:
 
 
 def resolve_region_blocks(geometry: Geometry, region_blocks, workers: int, cube: Cube | None = None) -> tuple[int, int]:
-    """``region_blocks`` as a pair clipped to the cube, or the default (see ``default_region_blocks``)."""
+    """``region_blocks`` as a pair clipped to the cube, or the default (see ``default_region_blocks``).
+
+    Args:
+        geometry: the whole-cube ``Geometry``.
+        region_blocks: an int, a ``(rows, cols)`` pair, or None for the default.
+        workers: worker threads, for the default.
+        cube: the input ``Cube``, for the default.
+
+    Returns:
+        Blocks per region along y and x.
+
+    Raises:
+        ValueError: ``region_blocks`` is not a positive int or pair.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> resolve_region_blocks(setup.geometry, 5, workers=1)  # clipped to 2 x 3 blocks
+        (2, 3)
+        >>> resolve_region_blocks(setup.geometry, 0, workers=1)
+        Traceback (most recent call last):
+            ...
+        ValueError: region_blocks must be a positive int or a (rows, cols) pair, got 0.
+    """
     if region_blocks is None:
         return default_region_blocks(geometry, workers, cube)
     rb = (region_blocks, region_blocks) if isinstance(region_blocks, (int, np.integer)) else tuple(region_blocks)
@@ -184,7 +295,23 @@ def resolve_region_blocks(geometry: Geometry, region_blocks, workers: int, cube:
 
 
 def worker_threads(client=None) -> int:
-    """Threads that will run tasks: the distributed client's (given or default), else this machine's."""
+    """Threads that will run tasks: the distributed client's (given or default), else this machine's.
+
+    Args:
+        client: a ``dask.distributed`` client, or None for the default client if any.
+
+    Returns:
+        The number of threads, at least 1.
+
+    Example:
+        >>> class FakeClient:  # two workers of 2 and 4 threads
+        ...     def nthreads(self):
+        ...         return {"tcp://a": 2, "tcp://b": 4}
+        >>> worker_threads(FakeClient())
+        6
+        >>> worker_threads() >= 1
+        True
+    """
     if client is None:
         try:
             from distributed import default_client
@@ -201,7 +328,20 @@ def worker_threads(client=None) -> int:
 
 def alignment_m(cube: Cube) -> float:
     """Smallest length that is a whole number of pixels of every sensor: region slices start on it,
-    so that every sensor's slice keeps the shared grid origin."""
+    so that every sensor's slice keeps the shared grid origin.
+
+    Args:
+        cube: the input ``Cube``.
+
+    Returns:
+        The least common multiple of the sensors' pixel sizes (to the millimetre), in metres.
+
+    Example:
+        >>> from xanysat.cube import as_cube
+        >>> from xanysat.testing import synthetic_cube
+        >>> alignment_m(as_cube(synthetic_cube(("naip", "aerial"), extent_m=10)))  # 1.25 m and 0.2 m
+        5.0
+    """
     mm = [max(1, round(s.resolution_m * 1000)) for s in cube.sensors.values()]
     step = 1
     for m in mm:
@@ -212,7 +352,25 @@ def alignment_m(cube: Cube) -> float:
 def slice_pixels(cube: Cube, g: Geometry, metres) -> tuple[float, dict]:
     """Where a region's input slice starts (metres, on ``alignment_m``) and each sensor's pixel
     rows/columns ``(start, stop)`` covering the region and its ``overlap`` halo (clipped to the
-    sensor's grid; a sensor with no pixel there is left out)."""
+    sensor's grid; a sensor with no pixel there is left out).
+
+    Args:
+        cube: the input ``Cube``.
+        g: the whole-cube ``Geometry``.
+        metres: the region's ``((y0, y1), (x0, x1))`` from the cube's top-left corner, as
+            ``Regions.metres`` gives it.
+
+    Returns:
+        ``(starts, pixels)``: the slice's start in metres along y and x, and sensor ->
+        ``((row0, row1), (col0, col1))``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> slice_pixels(setup.cube, setup.geometry, ((160.0, 320.0), (320.0, 480.0)))
+        ((160.0, 320.0), {'s2': ((16, 32), (32, 48))})
+    """
     step = alignment_m(cube)
     starts = tuple(math.floor(round(max(0.0, lo - g.overlap) / step, 6)) * step for lo, _ in metres)
     pixels = {}
@@ -232,7 +390,20 @@ def slice_pixels(cube: Cube, g: Geometry, metres) -> tuple[float, dict]:
 
 @dataclass(frozen=True)
 class EmbedPlan:
-    """What ``embed`` / ``embed_to_zarr`` will do and cost (see ``plan``). Sizes in bytes."""
+    """What ``embed`` / ``embed_to_zarr`` will do and cost (see ``plan``). Sizes in bytes.
+
+    ``print(plan)`` shows a table; ``to_dict()`` gives the figures as JSON-able types.
+
+    Example:
+        >>> import xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> p = xanysat.plan(cube, 40, model="untrained-tiny", tile_size=160, throughput=2.0)
+        >>> p.n_tiles, p.compute_hours == 6 / 2.0 / 3600, p.to_dict()["tiles"]
+        (6, True, [2, 3])
+        >>> str(p).splitlines()[0]
+        'AnySat embedding plan'
+    """
 
     model_id: str
     weights: str
@@ -313,8 +484,9 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
     """Plan an embedding job without reading any pixel: sizes, tasks, bytes, memory and time.
 
     Args:
-        data, patch_size, output, model, tile_size, overlap, block_tiles, dtype, device, sensor,
-            batch_size, normalize, output_modality, date_origin: as for ``xanysat.embed``.
+        data, patch_size, output, model, tile_size, overlap, block_tiles: as for ``xanysat.embed``.
+        dtype, device, sensor, batch_size, normalize, output_modality, date_origin: as for
+            ``xanysat.embed``.
         region_blocks: blocks per region side for ``embed_to_zarr`` (default: about
             ``TASKS_PER_WORKER`` embed tasks per worker thread).
         throughput: tiles per second; default: measured here by running the model on one
@@ -327,7 +499,7 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
 
     Warns:
         UserWarning: the whole-cube graph would hold more than ``GRAPH_TASK_LIMIT`` tasks: use
-        ``embed_to_zarr`` (region by region).
+            ``embed_to_zarr`` (region by region).
 
     Example:
         >>> import xanysat
@@ -431,7 +603,26 @@ def _sensor_tasks(setup: Setup, name: str, n_in: int, n_blocks: int, sliced: boo
 
 def task_memory(setup: Setup) -> dict:
     """Bytes one (interior) task holds: its input chunks (float32, the block's and, with a halo,
-    its neighbours'), the assembled window with halo, the output block and the model's activations."""
+    its neighbours'), the assembled window with halo, the output block and the model's activations.
+
+    Args:
+        setup: the job (see ``setup_job``).
+
+    Returns:
+        Bytes per part: ``input_chunks``, ``window``, ``output``, ``model`` and their ``total``.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> mem = task_memory(setup)
+        >>> mem["output"] == 256 * 4 * 4 * 4  # 256 features x 4 x 4 cells x float32
+        True
+        >>> mem["window"] == 3 * 10 * 16 * 16 * 4  # 3 dates x 10 bands x 16 x 16 px x float32
+        True
+        >>> mem["total"] == sum(v for k, v in mem.items() if k != "total")
+        True
+    """
     from xanysat.embedding import SensorPlan, chunk_range, pixel_window
 
     g = setup.geometry
@@ -457,7 +648,23 @@ def model_memory(setup: Setup) -> int:
     """Rough bytes of one forward of ``batch_size`` tiles (float32): per tile its input tensors,
     the sub-patch tokens (projector and patch encoder outputs) and the patch tokens through the
     combiner, plus the projectors' and patch encoder's fixed-size working chunks. Checked against
-    the peak RSS of CPU forwards of the tiny model (within about 1.5x)."""
+    the peak RSS of CPU forwards of the tiny model (within about 1.5x).
+
+    Args:
+        setup: the job (see ``setup_job``); ``options["batch_size"]`` defaults to 16.
+
+    Returns:
+        Bytes.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> one = model_memory(setup)
+        >>> setup.options["batch_size"] = 32
+        >>> model_memory(setup) > one > 0
+        True
+    """
     from xanysat.model import PatchEncoder
     from xanysat.projectors import CHUNK_OBSERVATIONS
 
@@ -479,7 +686,22 @@ def model_memory(setup: Setup) -> int:
 
 
 def m_bands(setup: Setup, name: str) -> int:
-    """Values per pixel of a sensor's model input: bands x dates."""
+    """Values per pixel of a sensor's model input: bands x dates.
+
+    Args:
+        setup: the job (see ``setup_job``).
+        name: one of its sensors.
+
+    Returns:
+        ``n_bands`` times the number of dates (1 for single-date sensors).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> m_bands(setup, "s2")  # 10 bands x 3 dates
+        30
+    """
     s = setup.cube.sensors[name]
     return MODALITIES[name].n_bands * (1 if s.dates is None else len(s.dates))
 
@@ -530,7 +752,22 @@ def _region_costs(setup: Setup, regions: Regions) -> tuple[int, int]:
 
 def seconds_per_tile(setup: Setup) -> float:
     """Seconds the model takes on one tile of the job's shape (with its halo), measured once per
-    process for each (weights, tile input shapes, patch size, output, device, dtype)."""
+    process for each (weights, tile input shapes, patch size, output, device, dtype).
+
+    Args:
+        setup: the job (see ``setup_job``).
+
+    Returns:
+        Seconds per tile (the median of a few runs after a warm-up when the first is fast).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
+        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> first = seconds_per_tile(setup)
+        >>> 0 < first < 60, seconds_per_tile(setup) == first  # the second call is cached
+        (True, True)
+    """
     import torch
 
     from xanysat.runtime import DTYPES, forward_lock, get_model, placement

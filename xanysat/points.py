@@ -42,7 +42,7 @@ DEFAULT_CHUNK = 4096
 
 
 @dataclass(frozen=True)
-class PointSensor:
+class _PointSensor:
     """One sensor of a point collection, as read from the user's object.
 
     Attributes:
@@ -69,7 +69,7 @@ class PointSensor:
 
 
 @dataclass(frozen=True)
-class PointPlan:
+class _PointPlan:
     """What a task needs to know about one sensor (small and picklable)."""
 
     name: str
@@ -78,9 +78,9 @@ class PointPlan:
 
 
 @dataclass(frozen=True)
-class PointJob:
+class _PointJob:
     model: ModelRef
-    sensors: tuple[PointPlan, ...]
+    sensors: tuple[_PointPlan, ...]
     patch_size: int
     batch_size: int
     features: int
@@ -164,13 +164,13 @@ def embed_points(data, *, sensor: str | None = None, model=None, batch_size: int
         doy = _day_numbers(s.dates, date_origin)
         if s.per_sample:
             pairs += [xr.DataArray(doy, dims=(SAMPLE, OBS)).chunk({SAMPLE: sample_chunks, OBS: -1}).data, f"s{obs}"]
-            plans.append(PointPlan(name, None))
+            plans.append(_PointPlan(name, None))
         else:
-            plans.append(PointPlan(name, tuple(float(d) for d in doy)))
-    job = PointJob(ref, tuple(plans), patch_size, int(batch_size), features)
+            plans.append(_PointPlan(name, tuple(float(d) for d in doy)))
+    job = _PointJob(ref, tuple(plans), patch_size, int(batch_size), features)
     inputs = pairs[::2]
     array = da.blockwise(
-        embed_chunk, "sf", job, None, *pairs, new_axes={"f": features}, concatenate=True, dtype="float32",
+        _embed_chunk, "sf", job, None, *pairs, new_axes={"f": features}, concatenate=True, dtype="float32",
         meta=np.empty((0, 0), dtype="float32"), name=f"anysat-points-{tokenize(job, *[a.name for a in inputs])}",
     )
     return _to_dataarray(data, sensors, job, array, stats)
@@ -179,7 +179,7 @@ def embed_points(data, *, sensor: str | None = None, model=None, batch_size: int
 # -- reading the input ---------------------------------------------------------------------
 
 
-def _read_points(obj, sensor: str | None) -> dict[str, PointSensor]:
+def _read_points(obj, sensor: str | None) -> dict[str, _PointSensor]:
     if isinstance(obj, xr.DataTree):
         parts = [(_sensor_name(node.name, {**node.attrs}, None, f"DataTree node {node.path!r}"),
                   _single_array(node.to_dataset(inherit=True), node.path), node.attrs)
@@ -194,7 +194,7 @@ def _read_points(obj, sensor: str | None) -> dict[str, PointSensor]:
     if not parts:
         raise DimensionError("the input holds no sensor: expected variables named after sensors "
                              f"({', '.join(MODALITIES)}) or carrying an 'anysat:sensor' attribute.")
-    sensors: dict[str, PointSensor] = {}
+    sensors: dict[str, _PointSensor] = {}
     for name, array, attrs in parts:
         if name in sensors:
             raise ModalityError(f"sensor {name!r} appears twice in the input; keep one variable per sensor.")
@@ -242,7 +242,7 @@ def _no_sample_message(name, dims) -> str:
     return f"{name!r} has dims {dims}; point samples need a 'sample' dim (one row per pixel series).{hint}"
 
 
-def _point_sensor(name: str, da: xr.DataArray, attrs) -> PointSensor:
+def _point_sensor(name: str, da: xr.DataArray, attrs) -> _PointSensor:
     m = get_modality(name)
     if not m.time_series:
         raise ModalityError(
@@ -284,7 +284,7 @@ def _point_sensor(name: str, da: xr.DataArray, attrs) -> PointSensor:
     data = da.transpose(SAMPLE, obs_dim, "band")
     data = data.drop_vars(list(data.coords)).rename({obs_dim: OBS} if obs_dim != OBS else {})
     data = data.assign_coords(band=list(bands))
-    return PointSensor(name, data, bands, _nodata_of(da, attrs), dates)
+    return _PointSensor(name, data, bands, _nodata_of(da, attrs), dates)
 
 
 def _dates_of(da: xr.DataArray, name: str) -> tuple[str, np.ndarray]:
@@ -336,7 +336,7 @@ def _sample_label(da: xr.DataArray, row: int) -> str:
     return f"at position {row}"
 
 
-def _tile_m(sensors: dict[str, PointSensor]) -> int:
+def _tile_m(sensors: dict[str, _PointSensor]) -> int:
     """The tile side: the pixel of the spatial sensors (which must agree), 10 m for modis alone."""
     spatial = {n: MODALITIES[n].resolution_m for n in sensors if not MODALITIES[n].tile_token}
     if len(set(spatial.values())) > 1:
@@ -356,7 +356,7 @@ def _check_model(ref: ModelRef, names) -> int:
     return model.config.embed_dim
 
 
-def _sample_chunks(chunks, sensors: dict[str, PointSensor], n: int):
+def _sample_chunks(chunks, sensors: dict[str, _PointSensor], n: int):
     if isinstance(chunks, dict):
         chunks = chunks.get(SAMPLE)
     if chunks is None:
@@ -384,7 +384,7 @@ def _day_numbers(dates: np.ndarray, origin) -> np.ndarray:
 # -- the task ------------------------------------------------------------------------------
 
 
-def embed_chunk(job: PointJob, *blocks) -> np.ndarray:
+def _embed_chunk(job: _PointJob, *blocks) -> np.ndarray:
     """The task: embed a chunk of samples; ``blocks`` are each sensor's ``(n, T, C)`` values, each
     followed by its ``(n, T)`` day numbers for per-sample dates. Returns ``(n, features)``."""
     sensors, blocks = {}, list(blocks)
@@ -414,7 +414,7 @@ def embed_chunk(job: PointJob, *blocks) -> np.ndarray:
     return out
 
 
-def _forward(model, job: PointJob, sensors, index: np.ndarray) -> np.ndarray:
+def _forward(model, job: _PointJob, sensors, index: np.ndarray) -> np.ndarray:
     import torch
 
     from xanysat.runtime import DTYPES, forward_lock, placement
@@ -451,7 +451,7 @@ def _sample_coords(obj) -> xr.Coordinates:
     return base.coords
 
 
-def _to_dataarray(obj, sensors: dict[str, PointSensor], job: PointJob, array, stats) -> xr.DataArray:
+def _to_dataarray(obj, sensors: dict[str, _PointSensor], job: _PointJob, array, stats) -> xr.DataArray:
     import xanysat
 
     inputs = {}

@@ -21,6 +21,23 @@ class VHRProjector(nn.Module):
     Tokens inside a patch are ordered cell-major, as the released weights expect: 10 m
     cells in raster order, then the sub-patches of each cell in raster order. With one
     sub-patch per cell (spot, naip, or any sensor at patch 10 m) this is plain raster order.
+
+    Args:
+        modality: the sensor (a single-date row of ``MODALITIES``).
+        dim: token width D.
+        mlp_hidden: hidden width of the MLP.
+
+    Example:
+        >>> import torch
+        >>> from xanysat.modalities import MODALITIES
+        >>> naip = VHRProjector(MODALITIES["naip"], dim=32, mlp_hidden=64)
+        >>> naip(torch.randn(2, 4, 16, 16), scale=1).shape  # 20 m tiles, 10 m patches of 1 token
+        torch.Size([8, 1, 32])
+        >>> aerial = VHRProjector(MODALITIES["aerial"], dim=32, mlp_hidden=64)  # 2 m tokens
+        >>> aerial(torch.randn(1, 4, 100, 100), scale=2).shape  # one 20 m patch of 10 x 10 tokens
+        torch.Size([1, 100, 32])
+        >>> aerial.raster_order(2)[:10].tolist()  # raster row 0 spans two 10 m cells
+        [0, 1, 2, 3, 4, 25, 26, 27, 28, 29]
     """
 
     def __init__(self, modality: Modality, dim: int, mlp_hidden: int):
@@ -80,6 +97,30 @@ class LTAEProjector(nn.Module):
     Invalid (padded or missing) dates of a pixel are left out of the attention and of the
     input GroupNorm, and not computed at all. Invalid single values are replaced by the
     learned missing-value parameter ``pad_value`` (the official ``pad_parameter``).
+
+    Args:
+        modality: the sensor (a time-series row of ``MODALITIES``).
+        dim: token width D.
+        mlp_in: widths of the input MLP; the last is the attention width.
+        n_head: attention heads (learned queries).
+        d_k: key width per head.
+
+    Example:
+        >>> import torch
+        >>> from xanysat.modalities import MODALITIES
+        >>> ltae = LTAEProjector(MODALITIES["s2"], dim=32, mlp_in=(4, 16, 32), n_head=4, d_k=8).eval()
+        >>> x, dates = torch.randn(2, 3, 10, 4, 4), torch.tensor([[10, 50, 90], [20, 60, 100]])
+        >>> with torch.no_grad():
+        ...     tokens = ltae(x, dates, pixels_per_patch=2)  # 4 x 4 px -> 2 x 2 patches of 2 x 2 px
+        >>> tokens.shape
+        torch.Size([8, 4, 32])
+        >>> mask = torch.ones(2, 3, 10, 4, 4, dtype=torch.bool)
+        >>> mask[:, 1] = False  # the second date is missing everywhere
+        >>> with torch.no_grad():
+        ...     masked = ltae(x, dates, 2, mask)
+        ...     dropped = ltae(x[:, [0, 2]], dates[:, [0, 2]], 2)
+        >>> torch.allclose(masked, dropped, atol=1e-5)
+        True
     """
 
     def __init__(self, modality: Modality, dim: int, mlp_in: tuple[int, ...], n_head: int, d_k: int):

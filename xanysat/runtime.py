@@ -27,13 +27,39 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def cache_dir() -> Path:
-    """Where xanysat keeps models it saved for workers (``$XANYSAT_CACHE`` or ``~/.cache/xanysat``)."""
+    """Where xanysat keeps models it saved for workers (``$XANYSAT_CACHE`` or ``~/.cache/xanysat``).
+
+    Returns:
+        The directory (it may not exist yet).
+
+    Example:
+        >>> import os
+        >>> from unittest import mock
+        >>> with mock.patch.dict(os.environ, {"XANYSAT_CACHE": "/data/anysat-cache"}):
+        ...     cache_dir().as_posix()
+        '/data/anysat-cache'
+        >>> unset = {k: v for k, v in os.environ.items() if k != "XANYSAT_CACHE"}
+        >>> with mock.patch.dict(os.environ, unset, clear=True):
+        ...     cache_dir() == Path.home() / ".cache" / "xanysat"
+        True
+    """
     return Path(os.environ.get("XANYSAT_CACHE", Path.home() / ".cache" / "xanysat"))
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """What a task needs to get its model: small, picklable, hashable."""
+    """What a task needs to get its model: small, picklable, hashable.
+
+    Build one with ``model_ref``; ``get_model`` turns it into the model on a worker.
+
+    Example:
+        >>> import pickle
+        >>> ref = model_ref("untrained-tiny", device="cpu")
+        >>> ref.source, ref.device, ref.dtype, len(ref.weights)
+        ('untrained-tiny', 'cpu', 'auto', 16)
+        >>> pickle.loads(pickle.dumps(ref)) == ref and hash(ref) == hash(pickle.loads(pickle.dumps(ref)))
+        True
+    """
 
     source: str | None
     """``load_model`` name or a directory; ``None`` for the default model."""
@@ -45,7 +71,22 @@ class ModelRef:
 
 
 def resolve_device(device: str | torch.device | None) -> str:
-    """``"auto"``/None: CUDA if available, else CPU; an explicit CUDA device must exist here."""
+    """``"auto"``/None: CUDA if available, else CPU; an explicit CUDA device must exist here.
+
+    Args:
+        device: ``"auto"``, None, or a device name or ``torch.device``.
+
+    Returns:
+        The device name.
+
+    Raises:
+        ValueError: a CUDA device is asked for where torch sees none.
+
+    Example:
+        >>> import torch
+        >>> resolve_device(torch.device("cpu")), resolve_device(None) in ("cpu", "cuda")
+        ('cpu', True)
+    """
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device)
@@ -55,7 +96,27 @@ def resolve_device(device: str | torch.device | None) -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> str:
-    """None: float32 on CPU, bfloat16 on CUDA."""
+    """None: float32 on CPU, bfloat16 on CUDA.
+
+    Args:
+        dtype: None, a name in ``DTYPES`` or a ``torch.dtype``.
+        device: the device name, for the default.
+
+    Returns:
+        The dtype name, a key of ``DTYPES``.
+
+    Raises:
+        ValueError: a dtype outside ``DTYPES``.
+
+    Example:
+        >>> import torch
+        >>> resolve_dtype(None, "cpu"), resolve_dtype(None, "cuda:0"), resolve_dtype(torch.float16, "cpu")
+        ('float32', 'bfloat16', 'float16')
+        >>> resolve_dtype("float64", "cpu")
+        Traceback (most recent call last):
+            ...
+        ValueError: dtype must be one of float32, bfloat16, float16, got 'float64'.
+    """
     if dtype is None:
         return "bfloat16" if device.startswith("cuda") else "float32"
     name = str(dtype).removeprefix("torch.")
@@ -65,7 +126,33 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> str:
 
 
 def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
-    """Reference ``model`` (an ``AnySat``, a ``load_model`` name or directory, or None)."""
+    """Reference ``model`` (an ``AnySat``, a ``load_model`` name or directory, or None).
+
+    A name or directory is loaded once in this process (to hash its weights). A model object
+    is registered here and saved under ``cache_dir()`` (once per weights) so that worker
+    processes can load it.
+
+    Args:
+        model: an ``AnySat``, a ``load_model`` name or directory, or None (the default model).
+        device: ``"auto"`` (resolved on the worker by ``placement``) or a device name.
+        dtype: None (``"auto"``: the device's default) or a dtype name / ``torch.dtype``.
+
+    Returns:
+        A ``ModelRef``.
+
+    Raises:
+        CheckpointError: ``model`` is of another type.
+        ValueError: an unknown dtype.
+
+    Example:
+        >>> ref = model_ref("untrained-tiny", dtype="bfloat16")
+        >>> ref.source, ref.device, ref.dtype, ref.model_id.split()[0]
+        ('untrained-tiny', 'auto', 'bfloat16', 'untrained-tiny')
+        >>> model_ref(3)
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: model must be an AnySat, a load_model name or directory, or None; got int.
+    """
     from xanysat.checkpoint import save_pretrained
     from xanysat.hub import load_model
     from xanysat.model import AnySat
@@ -114,13 +201,40 @@ def _weights_hash(model) -> str:
 
 def placement(ref: ModelRef) -> tuple[str, str]:
     """Device and dtype names of ``ref`` in this process: ``"auto"`` is resolved here, on the
-    worker, so a CPU-only client can send work to GPU workers."""
+    worker, so a CPU-only client can send work to GPU workers.
+
+    Args:
+        ref: the model reference.
+
+    Returns:
+        ``(device, dtype)`` names.
+
+    Example:
+        >>> placement(model_ref("untrained-tiny", device="cpu"))
+        ('cpu', 'float32')
+    """
     device = resolve_device(ref.device)
     return device, resolve_dtype(None if ref.dtype == "auto" else ref.dtype, device)
 
 
 def get_model(ref: ModelRef) -> torch.nn.Module:
-    """The model for ``ref`` in this process, loaded once, in eval mode on its device and dtype."""
+    """The model for ``ref`` in this process, loaded once, in eval mode on its device and dtype.
+
+    Args:
+        ref: the model reference.
+
+    Returns:
+        The ``AnySat`` model, shared by every task of this process.
+
+    Raises:
+        CheckpointError: the weights loaded here differ from those ``ref`` was built for.
+
+    Example:
+        >>> ref = model_ref("untrained-tiny", device="cpu")
+        >>> model = get_model(ref)
+        >>> model.training, model.config.embed_dim, get_model(ref) is model
+        (False, 256, True)
+    """
     device, dtype = placement(ref)
     key = (ref.weights, device, dtype)
     model = _MODELS.get(key)
@@ -154,11 +268,36 @@ def _load(ref: ModelRef, device: str, dtype: str) -> torch.nn.Module:
 
 def forward_lock(device: str) -> threading.Lock:
     """One forward at a time per device in a process: threads read and prepare data in
-    parallel, while the model uses all of torch's threads (or the whole GPU) for one batch."""
+    parallel, while the model uses all of torch's threads (or the whole GPU) for one batch.
+
+    Args:
+        device: the device name.
+
+    Returns:
+        The process's lock for that device.
+
+    Example:
+        >>> forward_lock("cpu") is forward_lock("cpu"), forward_lock("cpu") is forward_lock("cuda:0")
+        (True, False)
+        >>> with forward_lock("cpu"):
+        ...     pass  # run the model here
+    """
     with _LOAD_LOCK:
         return _FORWARD_LOCKS.setdefault(device, threading.Lock())
 
 
 def loaded_models() -> int:
-    """How many models this process holds (for tests of per-worker caching)."""
+    """How many models this process holds (for tests of per-worker caching).
+
+    Returns:
+        The number of cached model objects (a name referenced by ``model_ref`` counts once,
+        each device/dtype placement by ``get_model`` once more).
+
+    Example:
+        >>> ref = model_ref("untrained-tiny", device="cpu")
+        >>> n = loaded_models()
+        >>> _ = get_model(ref); _ = get_model(ref)
+        >>> loaded_models() - n <= 1  # loaded at most once, then cached
+        True
+    """
     return len(_MODELS)

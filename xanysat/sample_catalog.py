@@ -253,7 +253,33 @@ def _remove_previous(root: Path) -> None:
 
 def catalog_hrefs(directory: str | Path) -> list[str]:
     """What a STAC API server loads from a catalogue written by :func:`write_sample_catalog`:
-    every ``*/collection.json`` (sorted), then ``items.ndjson``, as local paths."""
+    every ``*/collection.json`` (sorted), then ``items.ndjson``, as local paths.
+
+    Args:
+        directory: the catalogue's root.
+
+    Returns:
+        The paths, collections first (a server must know a collection before its items).
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no collection or no ``items.ndjson``.
+
+    Example:
+        >>> import tempfile
+        >>> from pathlib import Path
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
+        ...         (Path(tmp) / name).mkdir()
+        ...         _ = (Path(tmp) / name / "collection.json").write_text("{}")
+        ...     _ = (Path(tmp) / "items.ndjson").write_text("")
+        ...     [Path(h).relative_to(tmp).as_posix() for h in catalog_hrefs(tmp)]
+        ['sentinel-1-rtc/collection.json', 'sentinel-2-l2a/collection.json', 'items.ndjson']
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     catalog_hrefs(tmp)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        FileNotFoundError: ... holds no */collection.json and items.ndjson: not a catalogue written by write_sample_catalog
+    """
     root = Path(directory)
     collections = sorted(root.glob("*/collection.json"))
     items = root / "items.ndjson"
@@ -362,6 +388,12 @@ def worldcereal_s1_linear(dn: np.ndarray) -> np.ndarray:
 
     dB = 20 log10(DN) - 83 and linear = 10^(dB/10), computed in float64 (as
     ``tests/cubes.py`` does) and rounded once to float32.
+
+    Args:
+        dn: WorldCereal ``S1-SIGMA0-*`` values (uint16).
+
+    Returns:
+        float32 linear backscatter, ``S1_NODATA`` where ``dn`` is nodata.
 
     Example:
         >>> linear = worldcereal_s1_linear(np.array([10000, 65535], dtype="uint16"))

@@ -78,6 +78,12 @@ def grid_unit(cube: Cube) -> float:
     them if it has none): tile sizes and offsets that are multiples of it cut every sensor at
     pixel edges.
 
+    Args:
+        cube: a ``Cube`` (see ``xanysat.cube.as_cube``).
+
+    Returns:
+        The grid unit in metres.
+
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> grid_unit(as_cube(synthetic_cube(("naip", "s2"), extent_m=40, n_dates=1)))
@@ -118,7 +124,22 @@ def _parse_time(value) -> np.datetime64 | None:
 
 
 def in_time(dates: np.ndarray, window) -> np.ndarray:
-    """Which ``dates`` fall in a query's time window (``(start, end)`` inclusive, None: open)."""
+    """Which ``dates`` fall in a query's time window (``(start, end)`` inclusive, None: open).
+
+    Args:
+        dates: ``datetime64[ns]`` dates.
+        window: ``(start, end)`` (either may be None) or None for every date.
+
+    Returns:
+        A boolean array shaped like ``dates``.
+
+    Example:
+        >>> dates = np.array(["2021-03-01", "2021-04-01", "2021-05-01"], "datetime64[ns]")
+        >>> in_time(dates, (np.datetime64("2021-04-01", "ns"), None))
+        array([False,  True,  True])
+        >>> in_time(dates, (None, np.datetime64("2021-04-01", "ns"))).tolist(), bool(in_time(dates, None).all())
+        ([True, True, False], True)
+    """
     keep = np.ones(dates.shape, dtype=bool)
     if window is not None:
         start, end = window
@@ -331,7 +352,7 @@ class RandomTileSampler(_TileSampler):
     def reseeded(self, seed: int) -> RandomTileSampler:
         """A copy drawing from a new generator seeded with ``seed`` (used by ``IterableCubeDataset``
         to give all DataLoader workers one shared stream per epoch)."""
-        return replace_generator(self, torch.Generator().manual_seed(int(seed) % 2**63))
+        return _replace_generator(self, torch.Generator().manual_seed(int(seed) % 2**63))
 
     def __iter__(self) -> Iterator[TileQuery]:
         (y0, y1), (x0, x1) = self._span(0), self._span(1)
@@ -347,7 +368,7 @@ class RandomTileSampler(_TileSampler):
         return f"length={self.length}, "
 
 
-def replace_generator(sampler: RandomTileSampler, generator: torch.Generator | None) -> RandomTileSampler:
+def _replace_generator(sampler: RandomTileSampler, generator: torch.Generator | None) -> RandomTileSampler:
     """A shallow copy of ``sampler`` drawing from ``generator``."""
     import copy
 
@@ -360,7 +381,18 @@ def replace_generator(sampler: RandomTileSampler, generator: torch.Generator | N
 
 
 class MultiIndex(NamedTuple):
-    """One sample of a multi-dataset batch: which dataset, which item, at which patch size."""
+    """One sample of a multi-dataset batch: which dataset, which item, at which patch size.
+
+    Attributes:
+        dataset: the dataset's name (or position).
+        index: the item's index in that dataset.
+        patch_size: patch size in metres drawn for the item's batch.
+
+    Example:
+        >>> key = MultiIndex("pastis", 7, 40)
+        >>> key.dataset, key.index, key.patch_size
+        ('pastis', 7, 40)
+    """
 
     dataset: str | int
     index: int
@@ -369,7 +401,19 @@ class MultiIndex(NamedTuple):
 
 class MultiBatch(NamedTuple):
     """A batch from one dataset, with the patch size drawn for it (``batch, patch_size = item[:2]``,
-    the pairs ``xanysat.train`` takes)."""
+    the pairs ``xanysat.train`` takes).
+
+    Attributes:
+        batch: the model batch (see ``xanysat.datasets.collate``).
+        patch_size: patch size in metres.
+        dataset: the dataset's name (or position).
+
+    Example:
+        >>> mb = MultiBatch({"s2": torch.zeros(4, 2, 10, 4, 4)}, 20, "small")
+        >>> batch, patch_size = mb[:2]
+        >>> patch_size, mb.dataset, tuple(batch["s2"].shape)
+        (20, 'small', (4, 2, 10, 4, 4))
+    """
 
     batch: dict
     patch_size: int
@@ -466,7 +510,20 @@ class MultiDatasetSampler(Sampler[list[MultiIndex]]):
 
 
 class MultiDataset(Dataset):
-    """Several datasets behind one, indexed by ``MultiIndex`` (for ``MultiDatasetSampler``)."""
+    """Several datasets behind one, indexed by ``MultiIndex`` (for ``MultiDatasetSampler``).
+
+    Items are ``(key, sample)`` pairs, which ``collate_multi`` turns into a ``MultiBatch``.
+
+    Args:
+        datasets: a mapping name -> dataset, or a sequence (names are then positions).
+
+    Example:
+        >>> ds = MultiDataset({"a": ["a0", "a1"], "b": ["b0", "b1", "b2"]})
+        >>> len(ds), ds[MultiIndex("b", 2, 20)]
+        (5, (MultiIndex(dataset='b', index=2, patch_size=20), 'b2'))
+        >>> MultiDataset([["x"], ["y"]])[MultiIndex(1, 0, 10)][1]
+        'y'
+    """
 
     def __init__(self, datasets):
         self.datasets = dict(datasets) if isinstance(datasets, Mapping) else dict(enumerate(datasets))
@@ -479,7 +536,28 @@ class MultiDataset(Dataset):
 
 
 def collate_multi(items) -> MultiBatch:
-    """``collate`` for ``MultiDataset`` items: a ``MultiBatch(batch, patch_size, dataset)``."""
+    """``collate`` for ``MultiDataset`` items: a ``MultiBatch(batch, patch_size, dataset)``.
+
+    Args:
+        items: ``(MultiIndex, sample)`` pairs, all of one dataset and patch size.
+
+    Returns:
+        A ``MultiBatch`` whose batch is ``xanysat.datasets.collate`` of the samples.
+
+    Raises:
+        ValueError: the items mix datasets or patch sizes.
+
+    Example:
+        >>> sample = {"s2": torch.zeros(2, 10, 4, 4), "s2_dates": torch.tensor([5.0, 9.0]),
+        ...           "s2_mask": torch.ones(2, 10, 4, 4, dtype=torch.bool)}
+        >>> mb = collate_multi([(MultiIndex("a", i, 20), sample) for i in range(3)])
+        >>> mb.patch_size, mb.dataset, tuple(mb.batch["s2"].shape)
+        (20, 'a', (3, 2, 10, 4, 4))
+        >>> collate_multi([(MultiIndex("a", 0, 20), sample), (MultiIndex("a", 1, 40), sample)])
+        Traceback (most recent call last):
+            ...
+        ValueError: a multi-dataset batch mixes datasets / patch sizes [('a', 20), ('a', 40)].
+    """
     from xanysat.datasets import collate
 
     keys = {(k.dataset, k.patch_size) for k, _ in items}
@@ -493,6 +571,15 @@ def multi_dataset_batches(datasets, batch_sizes, patch_sizes, *, generator: torc
                           weights=None, length: int | None = None, num_workers: int = 0, **loader_kwargs):
     """A ``DataLoader`` of ``MultiBatch`` es: each batch from one dataset, with its batch size and
     a patch size drawn from its set (see ``MultiDatasetSampler``).
+
+    Args:
+        datasets, batch_sizes, patch_sizes, weights, length, generator: as for
+            ``MultiDatasetSampler``.
+        num_workers: ``DataLoader`` worker processes.
+        **loader_kwargs: further ``DataLoader`` arguments (``pin_memory``...).
+
+    Returns:
+        A ``DataLoader`` over ``MultiDataset(datasets)`` yielding ``MultiBatch`` es.
 
     Example:
         >>> from xanysat.datasets import CubeDataset

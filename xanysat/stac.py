@@ -38,7 +38,22 @@ COMPOSITES = {"month": "MS", "season": "QS-DEC", "year": "YS"}
 
 @dataclass(frozen=True)
 class SensorSource:
-    """A collection feeding one sensor: the sensor and how the catalogue serves it."""
+    """A collection feeding one sensor: the sensor and how the catalogue serves it.
+
+    Attributes:
+        sensor: the sensor's name in the sensor table.
+        source: how the catalogue serves it (a row of ``Modality.stac`` or ``custom_source``).
+
+    ``assets`` lists the distinct asset keys to read (derived and absent bands left out);
+    ``bands`` names the projector band of each.
+
+    Example:
+        >>> s1 = SensorSource("s1", MODALITIES["s1"].stac[0])  # VV/VH is derived: no asset
+        >>> s1.assets, s1.bands
+        (('vv', 'vh'), ('VV', 'VH'))
+        >>> SensorSource("naip", MODALITIES["naip"].stac[0]).assets  # one 4-band COG
+        ('image',)
+    """
 
     sensor: str
     source: StacSource
@@ -104,8 +119,26 @@ def search(url: str, collections: str | Sequence[str], *, bbox=None, datetime=No
         max_items: stop after this many items.
         modifier: pystac-client ``modifier`` (e.g. ``planetary_computer.sign_inplace``).
 
+    Returns:
+        The items found.
+
     Raises:
-        StacError: unreachable API, unknown collection, or no items found.
+        StacError: unreachable API, unknown collection, no items found, or a ``bbox`` that is
+            not in degrees.
+
+    Example:
+        >>> import tempfile
+        >>> from xanysat.sample_catalog import write_sample_catalog
+        >>> from xanysat.stac_server import serve
+        >>> with tempfile.TemporaryDirectory() as tmp, serve(write_sample_catalog(tmp)) as url:
+        ...     items = search(url, "sentinel-2-l2a", bbox=(5.32, 50.63, 5.33, 50.64),
+        ...                    datetime="2021-03-01/2021-05-31")
+        >>> [item.datetime.strftime("%Y-%m") for item in items]
+        ['2021-03', '2021-04', '2021-05']
+        >>> search(url, "sentinel-2-l2a", bbox=(664000, 5611120, 665000, 5612120))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (...) is not in degrees (...): ... e.g. with rasterio.warp.transform_bounds(...).
     """
     from pystac_client import Client
 
@@ -167,7 +200,30 @@ def _collection_ids(client) -> set[str] | None:
 def check_lonlat_bbox(bbox, fix: str = "Give (west, south, east, north) in degrees, or pass bbox_crs= with its "
                                         "CRS.") -> tuple[float, float, float, float]:
     """Return ``bbox`` as four floats or raise if it cannot be degrees west, south, east, north
-    (``fix``: how the caller can fix projected coordinates)."""
+    (``fix``: how the caller can fix projected coordinates).
+
+    Args:
+        bbox: ``(west, south, east, north)``.
+        fix: appended to the error for a bbox that looks projected.
+
+    Returns:
+        ``(west, south, east, north)`` as floats.
+
+    Raises:
+        StacError: not four numbers, out of the degree ranges, or empty / inverted.
+
+    Example:
+        >>> check_lonlat_bbox(["5.3", 50.6, 5.4, 50.7])
+        (5.3, 50.6, 5.4, 50.7)
+        >>> check_lonlat_bbox((5.4, 50.6, 5.3, 50.7))
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (5.4, 50.6, 5.3, 50.7) is empty or inverted; expected west < east and south < north.
+        >>> check_lonlat_bbox((664000, 5611120, 665000, 5612120), fix="Reproject it.")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (664000, ...) is not in degrees (...): it looks like projected coordinates. Reproject it.
+    """
     try:
         west, south, east, north = (float(v) for v in bbox)
     except (TypeError, ValueError):
@@ -199,10 +255,38 @@ def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
     it is. An explicit mapping is refused where items contradict it (descending items for
     ``"s1-asc"``).
 
+    Args:
+        items: pystac Items.
+        sensors: sensor -> collection id, ``SensorSource`` or ``StacSource``; None: match
+            every collection against the sensor table.
+
+    Returns:
+        sensor -> ``(SensorSource, items)``; the source lists only the assets the items
+        carry (``None`` for the others).
+
+    Raises:
+        StacError: a collection matching no sensor (or two collections one sensor), no items
+            of a mapped collection, or items contradicting the mapping.
+
     Example:
-        >>> mapped = sensor_sources(items, {"s1-asc": "sentinel-1-rtc"})  # doctest: +SKIP
-        >>> mapped["s1-asc"][0].bands  # doctest: +SKIP
-        ('VV', 'VH')
+        >>> import datetime, pystac
+        >>> def s1_item(i, orbit):
+        ...     item = pystac.Item(f"s1-{i}", None, None, datetime.datetime(2021, 5, i + 1),
+        ...                        {"sat:orbit_state": orbit}, collection="sentinel-1-rtc")
+        ...     for key in ("vv", "vh"):
+        ...         item.add_asset(key, pystac.Asset(f"{key}.tif"))
+        ...     return item
+        >>> ascending = [s1_item(0, "ascending"), s1_item(1, "ascending")]
+        >>> {name: (src.source.collection, src.bands, len(group))
+        ...  for name, (src, group) in sensor_sources(ascending).items()}
+        {'s1-asc': ('sentinel-1-rtc', ('VV', 'VH'), 2)}
+        >>> mixed = ascending + [s1_item(2, "descending")]
+        >>> list(sensor_sources(mixed))  # not all ascending: the s1 projector
+        ['s1']
+        >>> sensor_sources(mixed, {"s1-asc": "sentinel-1-rtc"})  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: 's1-asc' needs sat:orbit_state = 'ascending', but 1 item(s) of 'sentinel-1-rtc' say otherwise (s1-2). ...
     """
     by_collection: dict[str, list] = {}
     for item in items:
@@ -308,7 +392,19 @@ def _table_source(sensor: str, collection: str, items, strict: bool) -> SensorSo
 
 @dataclass(frozen=True)
 class Grid:
-    """The shared grid: CRS and bounds ``(left, bottom, right, top)`` snapped to ``align_m``."""
+    """The shared grid: CRS and bounds ``(left, bottom, right, top)`` snapped to ``align_m``.
+
+    Attributes:
+        crs: the grid's CRS, e.g. ``"EPSG:32631"``.
+        bounds: ``(left, bottom, right, top)`` in ``crs``, multiples of ``align_m``.
+        align_m: the snapping step in metres.
+
+    Example:
+        >>> grid = Grid("EPSG:32631", (663990.0, 5611110.0, 665010.0, 5612130.0), 30.0)
+        >>> width = grid.bounds[2] - grid.bounds[0]
+        >>> width / 10, width / 30  # whole pixels of a 10 m (s2) and a 30 m (l7) sensor
+        (102.0, 34.0)
+    """
 
     crs: str
     bounds: tuple[float, float, float, float]
@@ -317,7 +413,30 @@ class Grid:
 
 def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, align_m=None) -> Grid:
     """CRS (given, or the items' one) and bounds (bbox, or the items' union) snapped outward to a
-    multiple of every sensor's pixel size, so that each sensor's grid starts at the same corner."""
+    multiple of every sensor's pixel size, so that each sensor's grid starts at the same corner.
+
+    Args:
+        items_by_sensor: sensor -> ``(source, items)``, as ``sensor_sources`` gives.
+        bbox: area in ``bbox_crs``; default: the union of the items' footprints.
+        bbox_crs: CRS of ``bbox`` (default degrees).
+        crs: the grid's CRS; default: the items' (which must agree).
+        align_m: snapping step; default: the least common multiple of the sensors' pixel sizes.
+
+    Returns:
+        A ``Grid``.
+
+    Raises:
+        StacError: the items carry no CRS or several, or a degree ``bbox`` is invalid.
+
+    Example:
+        >>> import datetime, pystac
+        >>> item = pystac.Item("scene", None, None, datetime.datetime(2021, 5, 1),
+        ...                    {"proj:code": "EPSG:32631", "proj:bbox": [664003, 5611125, 664995, 5612118]})
+        >>> common_grid({"s2": (None, [item])})
+        Grid(crs='EPSG:32631', bounds=(664000.0, 5611120.0, 665000.0, 5612120.0), align_m=10.0)
+        >>> common_grid({"s2": (None, [item]), "l7": (None, [item])}).bounds  # 10 m and 30 m pixels
+        (663990.0, 5611110.0, 665010.0, 5612130.0)
+    """
     from odc.geo.geom import BoundingBox
 
     all_items = [i for _, group in items_by_sensor.values() for i in group]
@@ -449,6 +568,28 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
     Returns:
         DataTree with one node per sensor; each node a Dataset with the sensor's variable
         ``(time, band, y, x)`` and ``spatial_ref``.
+
+    Raises:
+        StacError: no items, an unknown loader, unmatched collections, items in several CRSs
+            without ``crs``, a missing QA asset with ``cloud_mask=True``, or unreadable assets.
+
+    Example:
+        >>> import json, tempfile, pystac
+        >>> from xanysat.sample_catalog import write_sample_catalog
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     lines = (write_sample_catalog(tmp) / "items.ndjson").read_text().splitlines()
+        ...     items = [pystac.Item.from_dict(json.loads(line)) for line in lines]
+        ...     spring = [i for i in items
+        ...               if i.collection_id == "sentinel-2-l2a" and i.datetime.month in (3, 4, 5)]
+        ...     s2 = load(spring, cloud_mask=False)["s2"]["s2"].compute()
+        >>> s2.dims, s2.shape, s2.attrs["stac:collection"]
+        (('time', 'band', 'y', 'x'), (3, 9, 100, 100), 'sentinel-2-l2a')
+        >>> "B8A" in s2.band, bool(s2.notnull().all())  # the sample catalogue has no B8A
+        (False, True)
+        >>> load([])
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: no items to load; run a search that returns items first.
     """
     items = list(items)
     if not items:
@@ -497,7 +638,38 @@ def _qa_asset(source: SensorSource, items, cloud_mask) -> str | None:
 
 
 def verify_assets(mapped, *, patch_url=None, retries: int = 2, qa_assets=None, delay: float = 0.5) -> None:
-    """Open every asset the cube needs; raise one ``StacError`` listing each failure by item and asset."""
+    """Open every asset the cube needs; raise one ``StacError`` listing each failure by item and asset.
+
+    Args:
+        mapped: sensor -> ``(SensorSource, items)``, as ``sensor_sources`` gives.
+        patch_url: rewrites or signs each href before opening it.
+        retries: retries per asset, ``delay * 2**attempt`` seconds apart.
+        qa_assets: sensor -> QA asset key to check too.
+        delay: seconds before the first retry.
+
+    Raises:
+        StacError: some assets cannot be read (at most 20 listed).
+
+    Example:
+        >>> import datetime, tempfile, numpy as np, pystac, rasterio
+        >>> from pathlib import Path
+        >>> from rasterio.transform import from_origin
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     vv = Path(tmp) / "vv.tif"
+        ...     with rasterio.open(vv, "w", driver="GTiff", width=2, height=2, count=1, dtype="float32",
+        ...                        crs="EPSG:32631", transform=from_origin(664000, 5612120, 10, 10)) as f:
+        ...         f.write(np.ones((1, 2, 2), "float32"))
+        ...     item = pystac.Item("scene", None, None, datetime.datetime(2021, 5, 1), {})
+        ...     item.add_asset("vv", pystac.Asset(str(vv)))
+        ...     item.add_asset("vh", pystac.Asset(str(Path(tmp) / "vh.tif")))  # not written
+        ...     mapped = {"s1-asc": (SensorSource("s1-asc", MODALITIES["s1-asc"].stac[0]), [item])}
+        ...     verify_assets(mapped, retries=0)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: 1 asset(s) cannot be read (after 0 retries):
+          item 'scene' asset 'vh' (.../vh.tif): RasterioIOError: ...
+        ...
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     import rasterio
@@ -666,7 +838,26 @@ def baseline_shift(item, src: StacSource) -> float:
     """DN to add to a Sentinel-2 item's pixels to undo the BOA offset of processing baseline
     04.00 and later: the item's ``earthsearch:boa_offset_applied`` flag decides where present
     (False: the offset is still in the pixels), else the sensor table's
-    ``processing_baseline_offset`` for the catalogue (PC: -1000); 0 for older baselines."""
+    ``processing_baseline_offset`` for the catalogue (PC: -1000); 0 for older baselines.
+
+    Args:
+        item: a pystac Item (only its ``properties`` are read).
+        src: how its catalogue serves the sensor.
+
+    Returns:
+        The DN to add (0.0 or negative).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> pc, es = MODALITIES["s2"].stac[:2]  # Planetary Computer, Earth Search
+        >>> baseline_shift(SimpleNamespace(properties={"s2:processing_baseline": "05.10"}), pc)
+        -1000.0
+        >>> baseline_shift(SimpleNamespace(properties={"s2:processing_baseline": "02.14"}), pc)
+        0.0
+        >>> applied = {"s2:processing_baseline": "05.10", "earthsearch:boa_offset_applied": True}
+        >>> baseline_shift(SimpleNamespace(properties=applied), es)
+        0.0
+    """
     props = item.properties
     baseline = str(props.get("s2:processing_baseline") or props.get("processing:version") or "")
     if not baseline or baseline < "04.00":
@@ -678,7 +869,26 @@ def baseline_shift(item, src: StacSource) -> float:
 
 
 def cloudy(qa: xr.DataArray, qa_asset: str) -> xr.DataArray:
-    """Cloud (and no-data) mask from a QA band: SCL classes or QA_PIXEL bits."""
+    """Cloud (and no-data) mask from a QA band: SCL classes or QA_PIXEL bits.
+
+    Args:
+        qa: the QA band's values.
+        qa_asset: its asset key (``"SCL"``, ``"scl"``, ``"SCL_20m"``, ``"qa_pixel"``).
+
+    Returns:
+        True where cloudy or no data (see ``SCL_CLOUDY`` and ``QA_PIXEL_CLOUDY_BITS``).
+
+    Raises:
+        StacError: a QA asset with no known rule.
+
+    Example:
+        >>> scl = xr.DataArray([4, 8, 9, 5, 0])  # vegetation, cloud medium / high, bare soil, no data
+        >>> cloudy(scl, "SCL").values.tolist()
+        [False, True, True, False, True]
+        >>> qa_pixel = xr.DataArray([21824, 22280, 1])  # Landsat clear, cloud (bit 3), fill (bit 0)
+        >>> cloudy(qa_pixel, "qa_pixel").values.tolist()
+        [False, True, True]
+    """
     key = qa_asset.lower()
     if key.startswith("scl"):
         return qa.isin(SCL_CLOUDY)
@@ -691,7 +901,29 @@ def cloudy(qa: xr.DataArray, qa_asset: str) -> xr.DataArray:
 
 def temporal_composite(da: xr.DataArray, composite: str) -> xr.DataArray:
     """Per-period NaN-median, dated at the middle of each period. Periods with no data are
-    dropped from in-memory cubes; in lazy cubes they stay all-NaN (``embed`` skips such dates)."""
+    dropped from in-memory cubes; in lazy cubes they stay all-NaN (``embed`` skips such dates).
+
+    Args:
+        da: ``(time, ...)`` values.
+        composite: ``"month"``, ``"season"``, ``"year"`` or a pandas frequency.
+
+    Returns:
+        The composite, one date per period.
+
+    Raises:
+        StacError: an unknown period.
+
+    Example:
+        >>> times = np.array(["2021-01-05", "2021-01-20", "2021-02-10", "2021-04-01"], "datetime64[ns]")
+        >>> da = xr.DataArray([1.0, 3.0, 5.0, 7.0], dims="time", coords={"time": times})
+        >>> monthly = temporal_composite(da, "month")  # March has no data: dropped
+        >>> monthly.values.tolist(), monthly["time"].dt.strftime("%m-%d %H:%M").values.tolist()
+        ([2.0, 5.0, 7.0], ['01-16 12:00', '02-15 00:00', '04-16 00:00'])
+        >>> temporal_composite(da, "fortnight")
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: composite must be one of ['month', 'season', 'year'] or a pandas frequency, got 'fortnight'.
+    """
     import pandas as pd
 
     freq = COMPOSITES.get(composite, composite)
@@ -711,12 +943,49 @@ def temporal_composite(da: xr.DataArray, composite: str) -> xr.DataArray:
 
 def stac_cube(url: str, collections, *, bbox, datetime=None, query=None, filter=None, max_items=None,
               modifier=None, **load_kwargs) -> xr.DataTree:
-    """``search`` then ``load``: a STAC query straight to an embeddable cube."""
+    """``search`` then ``load``: a STAC query straight to an embeddable cube.
+
+    Args:
+        url, collections, bbox, datetime, query, filter, max_items, modifier: as for ``search``
+            (``bbox`` in degrees, also the area loaded).
+        **load_kwargs: as for ``load``.
+
+    Returns:
+        The DataTree ``load`` gives.
+
+    Raises:
+        StacError: as ``search`` and ``load``.
+
+    Example:
+        >>> import planetary_computer  # doctest: +SKIP
+        >>> cube = stac_cube("https://planetarycomputer.microsoft.com/api/stac/v1", "sentinel-2-l2a",
+        ...                  bbox=(5.32, 50.63, 5.33, 50.64), datetime="2021-04-01/2021-09-30",
+        ...                  query={"eo:cloud_cover": {"lt": 20}}, composite="month",
+        ...                  modifier=planetary_computer.sign_inplace)  # doctest: +SKIP
+        >>> stac_cube("http://127.0.0.1:1", "sentinel-2-l2a", bbox=(5.33, 50.63, 5.32, 50.64))
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (5.33, 50.63, 5.32, 50.64) is empty or inverted; expected west < east and south < north.
+    """
     items = search(url, collections, bbox=bbox, datetime=datetime, query=query, filter=filter,
                    max_items=max_items, modifier=modifier)
     return load(items, bbox=bbox, **load_kwargs)
 
 
 def replace_source(source: SensorSource, **changes) -> SensorSource:
-    """A copy of ``source`` with ``StacSource`` fields changed (e.g. ``nodata=65535``)."""
+    """A copy of ``source`` with ``StacSource`` fields changed (e.g. ``nodata=65535``).
+
+    Args:
+        source: the source to copy.
+        **changes: ``StacSource`` fields and their new values.
+
+    Returns:
+        A new ``SensorSource``; ``source`` is unchanged (both are frozen).
+
+    Example:
+        >>> pc = SensorSource("s2", MODALITIES["s2"].stac[0])
+        >>> changed = replace_source(pc, nodata=65535)
+        >>> changed.source.nodata, pc.source.nodata, changed.source.collection
+        (65535, 0, 'sentinel-2-l2a')
+    """
     return SensorSource(source.sensor, replace(source.source, **changes))

@@ -123,14 +123,44 @@ def serve(directory_or_hrefs: str | Path | Sequence[str | Path], *, port: int | 
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on (free when asked)."""
+    """A TCP port on 127.0.0.1 that nothing listens on (free when asked).
+
+    Another process may take it before the caller binds it: :func:`serve` retries.
+
+    Returns:
+        The port number.
+
+    Example:
+        >>> import socket
+        >>> port = free_port()
+        >>> with socket.socket() as sock:
+        ...     sock.bind(("127.0.0.1", port))  # free: binding works
+        ...     sock.getsockname()[1] == port
+        True
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def pgstac_unavailable() -> str | None:
-    """Why ``backend="pgstac"`` cannot run here, or ``None`` when it can."""
+    """Why ``backend="pgstac"`` cannot run here, or ``None`` when it can.
+
+    Checks, in order: the ``rustac`` package, the PostgreSQL server binaries, PostGIS, the
+    ``pypgstac`` package's SQL, and (as root) a ``postgres`` system user.
+
+    Returns:
+        A sentence saying what is missing, or ``None``.
+
+    Example:
+        >>> reason = pgstac_unavailable()
+        >>> reason is None or reason.startswith(("the", "PostgreSQL", "PostGIS", "running as root"))
+        True
+        >>> from unittest import mock
+        >>> with mock.patch("importlib.util.find_spec", return_value=None):  # as if not installed
+        ...     pgstac_unavailable()
+        "the 'rustac' package is not installed"
+    """
     if importlib.util.find_spec("rustac") is None:
         return "the 'rustac' package is not installed"
     try:

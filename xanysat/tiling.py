@@ -30,6 +30,19 @@ class Geometry:
         block_tiles: ``(rows, cols)`` of tiles per block.
         output: ``"patch"``, ``"tile"`` or ``"dense"``.
         cell_m: ``(height, width)`` of an output cell.
+        offset_m: where the tile grid starts inside the cube's data.
+
+    Derived: ``n_tiles``, ``block_m``, ``n_blocks``, ``out_shape``, ``cells_per_tile``,
+    ``out_chunks`` and ``tiles_of_block(block)``.
+
+    Example:
+        >>> g = make_geometry((300, 500), 40, ["s2"], tile_size=160, block_tiles=2)
+        >>> g.n_tiles, g.n_blocks, g.block_m  # partial tiles at the far edges count
+        ((2, 4), (1, 2), (320, 320))
+        >>> g.out_shape, g.cells_per_tile, g.out_chunks  # 40 m cells, one chunk per block
+        ((8, 13), (4, 4), ((8,), (8, 5)))
+        >>> g.tiles_of_block((0, 1))
+        [(0, 2), (0, 3), (1, 2), (1, 3)]
     """
 
     extent_m: tuple[float, float]
@@ -98,8 +111,28 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
             task reads at most ``max_block_bytes``, at most 8 x 8 tiles.
         tile_bytes: input bytes of one tile with its halo (for the default ``block_tiles``).
 
+        output: ``"patch"``, ``"tile"`` or ``"dense"``.
+        output_modality: the sensor of dense outputs (default the first patch-level one).
+        max_block_bytes: input bytes a task may read, for the default ``block_tiles``.
+        offset_m: where the tile grid starts inside the cube's data.
+
+    Returns:
+        The ``Geometry``.
+
     Raises:
         PatchSizeError: a patch, tile or overlap size the sensors cannot be cut into.
+        ValueError: an unknown ``output`` or a non-positive ``block_tiles``.
+
+    Example:
+        >>> g = make_geometry((300, 500), 20, ["aerial", "s2"], output="dense", tile_size=100)
+        >>> g.cell_m, g.out_shape, g.block_tiles  # dense: one cell per 2 m aerial token
+        ((2.0, 2.0), (150, 250), (3, 5))
+        >>> make_geometry((1000, 1000), 10, ["s2"]).tile_m  # default: 32 x 32 patches
+        (320, 320)
+        >>> make_geometry((300, 500), 40, ["s2"], tile_size=100)
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.PatchSizeError: tile_size must be a positive multiple of patch_size (40 m), got 100.
     """
     if output not in OUTPUTS:
         extra = " (for output='all', embed twice: 'tile' and 'patch')" if output == "all" else ""

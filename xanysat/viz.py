@@ -387,6 +387,15 @@ _VIRIDIS = np.array([
 def colormap(values: np.ndarray, vmin: float, vmax: float) -> np.ndarray:
     """Map values to viridis-like RGB uint8 ``(..., 3)``; NaN becomes light grey.
 
+    Args:
+        values: the values, any shape.
+        vmin: value mapped to the first colour (values below are clipped).
+        vmax: value mapped to the last colour (values above are clipped); ``vmax <= vmin``
+            maps everything to the first colour.
+
+    Returns:
+        ``uint8`` array of shape ``values.shape + (3,)``.
+
     Example:
         >>> colormap(np.array([0.0, 1.0, np.nan]), 0.0, 1.0).tolist()
         [[68, 1, 84], [253, 231, 37], [200, 200, 200]]
