@@ -253,7 +253,24 @@ def test_target_embeddings_layer_norm_and_gather():
                 assert out[k * 2 + b, j].tolist() == pytest.approx(hand, abs=1e-5)
 
 
-def _mil_nce_by_hand(tokens, tau, valid=None):
+def test_target_embeddings_batch_norm_removes_the_shared_component():
+    shared = 10 * torch.randn(4)
+    tokens = shared + 0.01 * torch.randn(3, 5, 4)
+    targets = torch.tensor([[[0, 1], [2, 3], [4, 0]]])
+    layer = target_embeddings(tokens, targets)
+    batch = target_embeddings(tokens, targets, norm="layer+batch")
+    h = torch.nn.functional.layer_norm(tokens, (4,)).reshape(-1, 4)
+    hand = (h - h.mean(0)) / h.std(0)
+    for b in range(3):
+        for j in range(2):
+            assert batch[b, j].tolist() == pytest.approx(hand[b * 5 + int(targets[0, b, j])].tolist(), abs=1e-4)
+    assert float(layer.std(dim=(0, 1)).mean()) < 0.05  # official targets: nearly one vector
+    assert float(batch.reshape(-1, 4).std(0).mean()) > 0.5
+    with pytest.raises(ValueError, match="target_norm must be"):
+        target_embeddings(tokens, targets, norm="batch")
+
+
+def _mil_nce_by_hand(tokens, tau, valid=None, negatives="all"):
     M, B, P, _ = tokens.shape
     ids = [(m, b, p) for m in range(M) for b in range(B) for p in range(P)]
     ok = (lambda i: True) if valid is None else (lambda i: bool(valid[i]))
@@ -266,7 +283,8 @@ def _mil_nce_by_hand(tokens, tau, valid=None):
     for i in ids:
         if not ok(i):
             continue
-        others = [j for j in ids if ok(j) and not (j[0] == i[0] and j[1] == i[1])]
+        same = (lambda j: j[0] == i[0]) if negatives == "other-sensors" else (lambda j: j[0] == i[0] and j[1] == i[1])
+        others = [j for j in ids if ok(j) and not same(j)]
         pos = [j for j in others if j[1] == i[1] and j[2] == i[2]]
         if not pos:
             continue
@@ -280,6 +298,16 @@ def test_mil_nce_by_hand(M):
     tokens = torch.randn(M, 2, 3, 4, generator=gen(M), dtype=torch.float64)
     assert float(mil_nce_loss(list(tokens), tau=0.1)) == pytest.approx(_mil_nce_by_hand(tokens, 0.1), rel=1e-6)
     assert float(mil_nce_loss(tokens, tau=0.5)) == pytest.approx(_mil_nce_by_hand(tokens, 0.5), rel=1e-6)
+    cross = float(mil_nce_loss(tokens, tau=0.1, negatives="other-sensors"))
+    assert cross == pytest.approx(_mil_nce_by_hand(tokens, 0.1, negatives="other-sensors"), rel=1e-6)
+
+
+def test_mil_nce_collapsed_tokens():
+    same = torch.ones(2, 3, 4, 5)  # every token one vector: loss = log(columns)
+    assert float(mil_nce_loss(same)) == pytest.approx(math.log(2 * 3 * 4 - 4), rel=1e-6)
+    assert float(mil_nce_loss(same, negatives="other-sensors")) == pytest.approx(math.log(3 * 4), rel=1e-6)
+    with pytest.raises(ValueError, match="negatives must be"):
+        mil_nce_loss(same, negatives="none")
 
 
 def test_mil_nce_with_validity_and_single_sensor():

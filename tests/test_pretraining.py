@@ -73,3 +73,42 @@ def test_model_card_reports_the_run(tmp_path):
     card = write_model_card(tmp_path / "run", tmp_path / "model", "| a | b |").read_text()
     assert "card-test" in card and "steps 6" in card and "| a | b |" in card
     assert "effective rank" in card and (tmp_path / "model" / "loss.png").is_file()
+
+
+def test_select_weight_decay_uses_only_the_training_folds():
+    from xanysat.evaluation import select_weight_decay
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 20))
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)  # one informative feature, 19 noise
+    folds = np.array_split(np.arange(60), 3)
+    seen = []
+
+    def accuracy(scores, truth):
+        seen.append(len(truth))
+        return float((scores.argmax(1) == truth).mean())
+
+    decay = select_weight_decay(x, y, folds, accuracy, multilabel=False, grid=(1e-3, 1.0, 1e3))
+    assert decay in (1e-3, 1.0) and seen == [20] * 9  # 1e3 zeroes the weights: chance, never chosen
+
+
+def test_cli_pretrain_from_a_toml_on_the_real_cubes(tmp_path, worldcereal, monkeypatch):
+    import xanysat.pretraining as recipe
+    from xanysat.cli import main
+
+    monkeypatch.setattr(recipe, "default_cubes", lambda: [worldcereal])
+    (tmp_path / "run.toml").write_text(
+        'steps = 3\ncheckpoint_every = 2\nmonitor_every = 2\nwarmup_steps = 1\n'
+        'model = {preset = "tiny", embed_dim = 32, depth = 1, num_heads = 2, sensors = ["s2", "s1-asc"]}\n'
+        'jepa = {predictor_depth = 1, predictor_heads = 2, predictor_dim = 16, target_norm = "layer+batch"}\n'
+        'data = [{tile_m = 80, patch_sizes = [20, 40], batch_size = 2}]\n')
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(out)]) == 0
+    log = (out / "log.csv").read_text().splitlines()
+    assert len(log) == 4 and (out / "loss.png").is_file() and (out / "model" / "config.json").is_file()
+    import xanysat
+
+    model = xanysat.load_model(out / "model")
+    assert model.config.embed_dim == 32 and set(model.normalization) == {"s1-asc"}
+    assert main(["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "4"]) == 0
+    assert len((out / "log.csv").read_text().splitlines()) == 5  # resumed: one more step

@@ -115,8 +115,10 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="sensors, models and versions")
     info.set_defaults(run=_run_info)
     pre = sub.add_parser("pretrain", help="JEPA pretraining on the real sample cubes (resumable)")
-    pre.add_argument("--out", default="runs/pretrain", help="run directory (checkpoints, log.csv, loss.png, model/)")
-    pre.add_argument("--steps", type=int, default=1200)
+    pre.add_argument("--config", help="TOML file of xanysat.train.PretrainConfig settings (default: the shipped "
+                     "default's recipe, xanysat.pretraining.DEFAULT_CONFIG)")
+    pre.add_argument("--out", help="run directory (checkpoints, log.csv, loss.png, model/); overrides out_dir")
+    pre.add_argument("--steps", type=int, help="overrides the config's steps (default recipe: 1200)")
     pre.add_argument("--threads", type=int)
     pre.add_argument("--no-resume", action="store_true", help="start again instead of resuming the run directory")
     pre.set_defaults(run=_run_pretrain)
@@ -137,12 +139,18 @@ def _run_pretrain(args) -> int:
     from pathlib import Path
 
     from xanysat.checkpoint import save_pretrained
-    from xanysat.pretraining import pretrain_default
+    from xanysat.pretraining import default_config, pretrain_default
+    from xanysat.train import load_config
 
-    encoder = pretrain_default(args.out, steps=args.steps, threads=args.threads, resume=not args.no_resume)
-    model_dir = save_pretrained(encoder, Path(args.out) / "model",
-                                model_id=f"xanysat-default-{encoder.config.embed_dim}d (JEPA, {args.steps} steps)")
-    _say(f"wrote {model_dir} (loss curve {Path(args.out) / 'loss.png'})")
+    config = load_config(args.config) if args.config else default_config("runs/pretrain")
+    for name, value in (("out_dir", args.out), ("steps", args.steps), ("threads", args.threads)):
+        if value is not None:
+            setattr(config, name, value)
+    encoder = pretrain_default(config, resume=not args.no_resume)
+    out = Path(config.out_dir)
+    model_dir = save_pretrained(encoder, out / "model",
+                                model_id=f"xanysat-default-{encoder.config.embed_dim}d (JEPA, {config.steps} steps)")
+    _say(f"wrote {model_dir} (loss curve {out / 'loss.png'})")
     return EXIT_OK
 
 

@@ -93,6 +93,10 @@ class JEPAConfig:
         tau: MIL-NCE temperature.
         smooth_l1_beta: Huber threshold of the prediction loss.
         prediction_weight, contrastive_weight: loss mix.
+        target_norm: ``"layer"`` (official: LayerNorm over features) or ``"layer+batch"``
+            (then each feature standardised over all patches of the batch, which removes the
+            component shared by every patch; see ``target_embeddings``).
+        contrastive_negatives: ``"all"`` (official) or ``"other-sensors"`` (see ``mil_nce_loss``).
         ema_start, ema_end: teacher momentum, linear over all training steps.
         lr, weight_decay: AdamW.
     """
@@ -113,6 +117,8 @@ class JEPAConfig:
     smooth_l1_beta: float = 1.0
     prediction_weight: float = 1.0
     contrastive_weight: float = 1.0
+    target_norm: str = "layer"
+    contrastive_negatives: str = "all"
     ema_start: float = 0.996
     ema_end: float = 1.0
     lr: float = 5e-5
@@ -450,17 +456,34 @@ class Predictor(nn.Module):
 # -- losses -----------------------------------------------------------------------------------
 
 
-def target_embeddings(patch_tokens: Tensor, targets: Tensor) -> Tensor:
+def target_embeddings(patch_tokens: Tensor, targets: Tensor, *, norm: str = "layer") -> Tensor:
     """Teacher targets: LayerNorm without affine over features, then the target blocks.
+
+    With ``norm="layer+batch"`` each feature of the layer-normed tokens is then standardised
+    over every patch of the batch. A collapsing teacher makes every patch the same vector; the
+    official targets then become trivially predictable, these do not (they are rescaled
+    differences between patches), so collapse stops being a minimum of the loss.
 
     Args:
         patch_tokens: teacher patch tokens ``(B, P, D)`` (class token removed).
         targets: ``(n_targets, B, Nt)``.
+        norm: ``"layer"`` or ``"layer+batch"``.
 
     Returns:
         ``(n_targets * B, Nt, D)``, block-major like ``Predictor``.
+
+    Example:
+        >>> tokens = torch.randn(2, 9, 8) + 5 * torch.randn(8)  # a strong shared component
+        >>> out = target_embeddings(tokens, torch.tensor([[[0, 1], [2, 3]]]), norm="layer+batch")
+        >>> tuple(out.shape)
+        (2, 2, 8)
     """
+    if norm not in ("layer", "layer+batch"):
+        raise ValueError(f"target_norm must be 'layer' or 'layer+batch', got {norm!r}.")
     h = F.layer_norm(patch_tokens, patch_tokens.shape[-1:])
+    if norm == "layer+batch":
+        flat = h.reshape(-1, h.shape[-1]).float()
+        h = ((h - flat.mean(0)) / flat.std(0).clamp(min=1e-4)).to(h.dtype)
     return torch.cat([gather_patches(h, t.to(h.device)) for t in targets])
 
 
@@ -469,7 +492,8 @@ def prediction_loss(predictions: Tensor, targets: Tensor, *, beta: float = 1.0) 
     return F.smooth_l1_loss(predictions, targets, beta=beta)
 
 
-def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: Tensor | None = None) -> Tensor:
+def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: Tensor | None = None,
+                 negatives: str = "all") -> Tensor:
     """Cross-sensor MIL-NCE on patch tokens (official ``MILNCE``, SPEC 5).
 
     Every token of every sensor in the batch is a row; the logits are cosine similarities / tau
@@ -482,6 +506,11 @@ def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: 
         tau: temperature.
         valid: optional ``(M, B, P)`` bool; invalid tokens are neither rows nor columns, and
             rows without a valid positive are left out of the mean.
+        negatives: ``"all"`` (official) or ``"other-sensors"``: only tokens of the other sensors
+            are columns (CLIP-like). With ``"all"``, other samples' tokens of the anchor's own
+            sensor are negatives that are easier to confuse than any cross-sensor positive, so
+            making every token the same vector lowers the loss to ``log(columns)``; with
+            ``"other-sensors"`` that state is no minimum.
 
     Returns:
         A scalar; zero (with a graph) when fewer than two sensors give no positives.
@@ -504,7 +533,9 @@ def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: 
     same_sample = sample[:, None] == sample[None, :]
     same_sensor = sensor[:, None] == sensor[None, :]
     positive = same_sample & ~same_sensor & (patch[:, None] == patch[None, :])
-    excluded = same_sample & same_sensor
+    if negatives not in ("all", "other-sensors"):
+        raise ValueError(f"negatives must be 'all' or 'other-sensors', got {negatives!r}.")
+    excluded = same_sensor if negatives == "other-sensors" else same_sample & same_sensor
     if valid is not None:
         v = valid.reshape(-1).to(f.device)
         pair = v[:, None] & v[None, :]
@@ -517,15 +548,15 @@ def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: 
 
 
 def jepa_loss(predictions: Tensor, targets: Tensor, tokens: Sequence[Tensor], *, tau: float = 0.1,
-              beta: float = 1.0, prediction_weight: float = 1.0, contrastive_weight: float = 1.0
-              ) -> dict[str, Tensor]:
+              beta: float = 1.0, prediction_weight: float = 1.0, contrastive_weight: float = 1.0,
+              negatives: str = "all") -> dict[str, Tensor]:
     """``prediction_weight * smooth-L1 + contrastive_weight * MIL-NCE`` (SPEC 5: 1.0 and 1.0).
 
     Returns:
         ``{"loss", "prediction_loss", "contrastive_loss"}``.
     """
     pred = prediction_loss(predictions, targets, beta=beta)
-    contrastive = mil_nce_loss(tokens, tau=tau)
+    contrastive = mil_nce_loss(tokens, tau=tau, negatives=negatives)
     return {"loss": prediction_weight * pred + contrastive_weight * contrastive,
             "prediction_loss": pred, "contrastive_loss": contrastive}
 
@@ -603,7 +634,8 @@ class JEPA(nn.Module):
         device = self.mask_token.device
         masks = BlockMasks(masks.context.to(device), masks.targets.to(device))
         with torch.no_grad():
-            targets = target_embeddings(self.teacher(batch, patch_size, "all")[:, 1:], masks.targets)
+            targets = target_embeddings(self.teacher(batch, patch_size, "all")[:, 1:], masks.targets,
+                                        norm=cfg.target_norm)
         student_batch = batch
         if cfg.date_drop_ratio > 0:
             student_batch = drop_dates(batch, ratio=cfg.date_drop_ratio, generator=generator)
@@ -614,7 +646,7 @@ class JEPA(nn.Module):
         predictions = self.predictor(context[:, 1:], masks.context, masks.targets, layout.grid, layout.scale)
         losses = jepa_loss(predictions, targets.to(predictions.dtype), list(tokens.values()), tau=cfg.tau,
                            beta=cfg.smooth_l1_beta, prediction_weight=cfg.prediction_weight,
-                           contrastive_weight=cfg.contrastive_weight)
+                           contrastive_weight=cfg.contrastive_weight, negatives=cfg.contrastive_negatives)
         return JEPAOutput(losses["loss"], losses["prediction_loss"], losses["contrastive_loss"],
                           predictions, targets, masks)
 

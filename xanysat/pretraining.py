@@ -24,6 +24,8 @@ import numpy as np
 import torch
 import xarray as xr
 
+from xanysat.train import PretrainConfig
+
 SENSORS = ("s2", "s1-asc")
 BIGEARTHNET = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "bigearthnet"
 S2_10M = ("B02", "B03", "B04", "B08")
@@ -128,24 +130,49 @@ def batch_factory(cubes, normalization, *, tile_m: int = 320, patch_sizes=(20, 4
 
 DEFAULT_CONFIG = {
     "model": {"preset": "tiny", "embed_dim": 192, "num_heads": 4, "sensors": list(SENSORS)},
-    "jepa": {"predictor_depth": 2, "predictor_heads": 4, "predictor_dim": 128},
-    "lr": 2e-4, "final_lr": 1e-5, "warmup_steps": 50,
+    "jepa": {"predictor_depth": 2, "predictor_heads": 4, "predictor_dim": 128, "target_norm": "layer+batch",
+             "contrastive_weight": 0.0},
+    "lr": 2e-4, "final_lr": 1e-5, "warmup_steps": 50, "checkpoint_every": 100, "monitor_every": 100,
+    "data": [{"tile_m": 160, "patch_sizes": [20, 40], "batch_size": 16}],
 }
+"""The shipped default's settings. Two departures from the official recipe, both measured on
+these cubes (docs/training.md): targets standardised over the batch (``target_norm``) and no
+MIL-NCE term; with the official settings the teacher collapses within a few hundred steps."""
 
 
-def pretrain_default(out_dir, *, steps: int = 1200, tile_m: int = 160, patch_sizes=(20, 40), batch_size: int = 16,
-                     seed: int = 0, threads: int | None = None, progress: bool = True, resume: bool = True):
-    """Pretrain the default model on the real cubes; returns the trained encoder (normalisation attached)."""
-    from xanysat.train import PretrainConfig, pretrain
+def default_config(out_dir="runs/default", **changes) -> PretrainConfig:
+    """``PretrainConfig`` of the default recipe, with ``changes`` applied (``steps=...``, ...).
 
-    cubes = default_cubes()
+    Example:
+        >>> config = default_config("runs/x", steps=10)
+        >>> config.steps, config.jepa["target_norm"], config.data[0]["tile_m"]
+        (10, 'layer+batch', 160)
+    """
+    fields = {"out_dir": str(out_dir), "steps": 1200, **json.loads(json.dumps(DEFAULT_CONFIG)), **changes}
+    return PretrainConfig(**fields)
+
+
+def pretrain_default(config=None, *, progress: bool = True, resume: bool = True, cubes=None):
+    """Pretrain on the real cubes (WorldCereal + BigEarthNet v1) with ``config`` (a
+    ``PretrainConfig``, a run directory, or None for ``default_config()``); returns the teacher
+    encoder with the fitted normalisation attached.
+
+    ``config.data[0]`` gives the batches: ``tile_m``, ``patch_sizes``, ``batch_size``.
+    """
+    from xanysat.train import pretrain
+
+    if not isinstance(config, PretrainConfig):
+        config = default_config(*(() if config is None else (config,)))
+    cubes = default_cubes() if cubes is None else cubes
+    data = {"tile_m": 160, "patch_sizes": [20, 40], "batch_size": 16, **(config.data[0] if config.data else {})}
+    unknown = set(data) - {"tile_m", "patch_sizes", "batch_size", "cubes"}
+    if unknown:
+        raise ValueError(f"data settings {sorted(unknown)} are unknown; known: tile_m, patch_sizes, batch_size.")
+    config.data = [{**data, "cubes": len(cubes)}]
     normalization = fit_default_normalization(cubes)
-    config = PretrainConfig(out_dir=str(out_dir), steps=steps, seed=seed, threads=threads, checkpoint_every=100,
-                            monitor_every=100, data=[{"tile_m": tile_m, "patch_sizes": list(patch_sizes),
-                                                      "batch_size": batch_size, "cubes": len(cubes)}],
-                            **DEFAULT_CONFIG)
-    jepa = pretrain(config, batch_factory(cubes, normalization, tile_m=tile_m, patch_sizes=patch_sizes,
-                                          batch_size=batch_size), resume=resume, progress=progress)
+    jepa = pretrain(config, batch_factory(cubes, normalization, tile_m=data["tile_m"],
+                                          patch_sizes=tuple(data["patch_sizes"]), batch_size=data["batch_size"]),
+                    resume=resume, progress=progress)
     encoder = jepa.teacher
     encoder.normalization = normalization
     return encoder
@@ -161,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=1200)
     parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    encoder = pretrain_default(args.out, steps=args.steps, threads=args.threads)
+    encoder = pretrain_default(default_config(args.out, steps=args.steps, threads=args.threads))
     save_pretrained(encoder, Path(args.out) / "model",
                     model_id=f"xanysat-default-{encoder.config.embed_dim}d (JEPA, {args.steps} steps)")
     print(f"wrote {Path(args.out) / 'model'}")

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from xanysat.jepa import JEPA, JEPAConfig, build_optimizer, collapse_stats, lr_at, momentum_at, set_hyperparameters
 from xanysat.model import AnySat, AnySatConfig
 
 LOG_FIELDS = ("step", "loss", "prediction_loss", "contrastive_loss", "lr", "momentum", "patch_size", "seconds")
-MONITOR_FIELDS = ("step", "teacher_std", "teacher_effective_rank")
+MONITOR_FIELDS = ("step", "teacher_std", "teacher_effective_rank", "teacher_within_tile_std")
 
 
 @dataclass
@@ -128,6 +129,8 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
             batch, patch_size = next(stream)
             if step % config.monitor_every == 0:
                 mon.writerow([step, *_monitor(jepa, *monitor_batch).values()])
+                log_file.flush()
+                mon_file.flush()
             lr = lr_at(step, base_lr=config.lr, warmup_steps=config.warmup_steps, total_steps=config.steps,
                        final_lr=config.final_lr)
             momentum = momentum_at(step, config.steps, start=jepa.config.ema_start, end=jepa.config.ema_end)
@@ -138,12 +141,13 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
             result.loss.backward()
             jepa.update_teacher(momentum)
             optimizer.step()
-            log.writerow([step, f"{float(result.loss):.6f}", f"{float(result.prediction_loss):.6f}",
-                          f"{float(result.contrastive_loss):.6f}", f"{lr:.3e}", f"{momentum:.6f}", patch_size,
-                          f"{time.perf_counter() - began:.3f}"])
+            loss, prediction, contrastive = (float(t.detach()) for t in
+                                             (result.loss, result.prediction_loss, result.contrastive_loss))
+            log.writerow([step, f"{loss:.6f}", f"{prediction:.6f}", f"{contrastive:.6f}", f"{lr:.3e}",
+                          f"{momentum:.6f}", patch_size, f"{time.perf_counter() - began:.3f}"])
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(result.loss):.4f}")
+                bar.set_postfix(loss=f"{loss:.4f}")
             done = step + 1
             if done % config.checkpoint_every == 0 or done == last:
                 log_file.flush()
@@ -160,8 +164,11 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
 def _monitor(jepa: JEPA, batch, patch_size) -> dict[str, float]:
     with torch.no_grad():
         tokens = jepa.teacher(batch, patch_size, "patch")
+        normed = F.layer_norm(tokens, tokens.shape[-1:]).flatten(1, -2)
+        within = float(normed.float().std(dim=1).mean())
     stats = collapse_stats(tokens)
-    return {"teacher_std": round(stats["std"], 6), "teacher_effective_rank": round(stats["effective_rank"], 4)}
+    return {"teacher_std": round(stats["std"], 6), "teacher_effective_rank": round(stats["effective_rank"], 4),
+            "teacher_within_tile_std": round(within, 6)}
 
 
 def _save(path: Path, jepa: JEPA, optimizer, generator: torch.Generator, step: int) -> None:
