@@ -1,5 +1,5 @@
-# Shared set-up for scripts/demo.sh and scripts/test.sh; source it, don't run it.
-# Creates .venv if missing and (re)installs xanysat with its test extras whenever
+# Shared set-up for scripts/demo.sh, scripts/test.sh and scripts/docs.sh; source it, don't run it.
+# Creates .venv if missing and (re)installs xanysat with its test and docs extras whenever
 # pyproject.toml or constraints.txt changed since the last successful install.
 # Override the interpreter used to create the venv with PYTHON=/path/to/python3.
 set -euo pipefail
@@ -34,6 +34,6 @@ PY
 
 if [ ! -f "$INSTALL_STAMP" ] || [ "$(cat "$INSTALL_STAMP")" != "$wanted_hash" ]; then
     echo "Installing xanysat and its dependencies into .venv (first run or changed requirements) ..."
-    "$VENV_PYTHON" -m pip install --quiet -c constraints.txt -e ".[test]"
+    "$VENV_PYTHON" -m pip install --quiet -c constraints.txt -e ".[test,docs]"
     echo "$wanted_hash" > "$INSTALL_STAMP"
 fi

@@ -7,7 +7,7 @@ import xarray as xr
 
 import xanysat
 from xanysat.heads import ClassificationHead, SegmentationHead, fine_tune, linear_probe
-from xanysat.predict import predict
+from xanysat.prediction import predict
 from xanysat.testing import synthetic_cube
 
 

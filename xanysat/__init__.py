@@ -15,7 +15,7 @@ import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
 _LAZY = {
     "AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub",
     "embed": "xanysat.embedding", "fit_normalization": "xanysat.normalization", "plan": "xanysat.planning",
-    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points", "predict": "xanysat.predict",
+    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points", "predict": "xanysat.prediction",
 }
 
 __all__ = [

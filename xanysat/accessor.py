@@ -67,7 +67,7 @@ class AnySatAccessor:
             return embed_points(self._obj, *args, **kwargs)
         return embed(self._obj, *args, **kwargs)
 
-    @_forward("xanysat.predict.predict")
+    @_forward("xanysat.prediction.predict")
     def predict(self, *args, **kwargs): ...
 
     @_forward("xanysat.points.embed_points")

@@ -166,7 +166,7 @@ def _run_finetune(args) -> int:
     from pathlib import Path
 
     from xanysat.finetune import _cube, finetune, load_config
-    from xanysat.predict import predict
+    from xanysat.prediction import predict
 
     cfg = replace(load_config(args.config), freeze=args.freeze)
     task, rows = finetune(cfg, resume=not args.no_resume)
