@@ -106,6 +106,9 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="huggingface-cli download g-astruc/AnySat models/AnySat.pth"):
         load_model("base", cache_dir=tmp_path / "empty", local_files_only=True)
+    from xanysat import hub
+
+    monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "no-default")
     with pytest.warns(UserWarning, match="untrained-tiny"):
         model = load_model(None, cache_dir=tmp_path / "empty")
     assert model.config.embed_dim == 256 and "random" in model.model_id

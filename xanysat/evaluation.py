@@ -36,6 +36,25 @@ CROPTYPE = BIGEARTHNET.parent / "worldcereal" / "worldcereal_cropland_classifica
 
 
 def random_twin(model: AnySat) -> AnySat:
+    """The baseline: the same architecture and normalisation as ``model``, random weights (seed 0).
+
+    The global random state is left as it was.
+
+    Args:
+        model: the pretrained encoder.
+
+    Returns:
+        A new ``AnySat`` in eval mode, the same for the same ``model.config``.
+
+    Example:
+        >>> from xanysat import AnySatConfig
+        >>> model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> twin = random_twin(model)
+        >>> twin.model_id, twin.config == model.config, twin.training
+        ('random weights, 32d1', True, False)
+        >>> all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), random_twin(model).state_dict().values()))
+        True
+    """
     with torch.random.fork_rng():
         torch.manual_seed(0)
         twin = AnySat(model.config).eval()
@@ -45,6 +64,25 @@ def random_twin(model: AnySat) -> AnySat:
 
 
 def bigearthnet_labels() -> tuple[dict[str, list[str]], list[str]]:
+    """The BigEarthNet labels of the v1 and v2 patches, from the fixtures' CSV files.
+
+    ``BIGEARTHNET/benv1_labels.csv`` (columns ``patch``, ``labels_19``) and
+    ``benv2_labels.csv`` (``patch_id``, ``labels``); labels are ``|``-separated.
+
+    Returns:
+        ``{patch: [label, ...]}`` and the sorted list of every label seen.
+
+    Example:
+        >>> import tempfile
+        >>> from unittest import mock
+        >>> labels, classes = bigearthnet_labels()  # the fixtures  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp, mock.patch("xanysat.evaluation.BIGEARTHNET", Path(tmp)):
+        ...     _ = (Path(tmp) / "benv1_labels.csv").write_text("patch,labels_19\\nA,Pastures|Forests\\n")
+        ...     _ = (Path(tmp) / "benv2_labels.csv").write_text("patch_id,labels\\nB,Pastures\\n")
+        ...     labels, classes = bigearthnet_labels()
+        >>> labels, classes
+        ({'A': ['Pastures', 'Forests'], 'B': ['Pastures']}, ['Forests', 'Pastures'])
+    """
     labels = {}
     for name, column in (("benv1_labels.csv", "labels_19"), ("benv2_labels.csv", "labels")):
         with open(BIGEARTHNET / name) as f:
@@ -60,6 +98,27 @@ def _patch_key(path: Path) -> str:
 
 
 def tile_features(model, files) -> np.ndarray:
+    """The tile embedding of each BigEarthNet patch (one 1.2 km tile, patches of 40 m).
+
+    Args:
+        model: the encoder (with ``normalization`` for ``s1-asc``).
+        files: BigEarthNet ``.npz`` paths (``bigearthnet_files``).
+
+    Returns:
+        ``(len(files), embed_dim)``.
+
+    Raises:
+        ValueError: ``files`` is empty.
+
+    Example:
+        >>> from xanysat.checkpoint import load_pretrained
+        >>> model = load_pretrained("runs/default/model")  # doctest: +SKIP
+        >>> tile_features(model, bigearthnet_files("heldout")).shape  # doctest: +SKIP
+        (24, 192)
+        >>> tile_features(None, [])  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: need at least one array...
+    """
     rows = []
     for path in files:
         cube = bigearthnet_cube(path)
@@ -104,7 +163,31 @@ def fit_logistic(x, y, *, multilabel: bool, weight_decay: float = 1e-2, steps: i
 
 def select_weight_decay(x, y, folds, score, *, multilabel: bool, grid=WEIGHT_DECAYS) -> float:
     """The weight decay with the best mean ``score(logits, y)`` over ``folds`` (validation index
-    arrays) of the training set only; the test set never takes part. Ties go to the stronger decay."""
+    arrays) of the training set only; the test set never takes part. Ties go to the stronger decay.
+
+    Each fold's probe is trained on the other rows, standardised with their statistics.
+
+    Args:
+        x: ``(N, F)`` training features.
+        y: ``(N,)`` class indices, or ``(N, C)`` 0/1 labels with ``multilabel``.
+        folds: validation index arrays into ``x``.
+        score: ``score(logits, y) -> float``, higher is better (NaN ignored in the mean).
+        multilabel: one sigmoid per label instead of a softmax (``fit_logistic``).
+        grid: the weight decays tried.
+
+    Returns:
+        The chosen weight decay.
+
+    Example:
+        >>> x, y = np.arange(6.0)[:, None], np.array([0, 0, 0, 1, 1, 1])
+        >>> folds = [np.array([0, 5]), np.array([1, 4])]
+        >>> accuracy = lambda logits, y: float((logits.argmax(1) == y).mean())
+        >>> select_weight_decay(x, y, folds, accuracy, multilabel=False, grid=(0.01, 1.0))  # a tie: the stronger
+        1.0
+        >>> margin = lambda logits, y: float((logits[:, 1] - logits[:, 0])[y == 1].mean())
+        >>> select_weight_decay(x, y, folds, margin, multilabel=False, grid=(0.01, 1.0))  # larger margins
+        0.01
+    """
     best, best_score = grid[-1], -np.inf
     for decay in sorted(grid, reverse=True):
         values = []
@@ -118,6 +201,21 @@ def select_weight_decay(x, y, folds, score, *, multilabel: bool, grid=WEIGHT_DEC
 
 
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
+    """Average precision: the mean of the precision at the rank of every positive.
+
+    Args:
+        scores: ``(N,)``, higher = more likely positive (ties keep the input order).
+        truth: ``(N,)`` 0/1 or bool.
+
+    Returns:
+        The AP, NaN when there is no positive.
+
+    Example:
+        >>> round(average_precision(np.array([0.9, 0.8, 0.7, 0.6]), np.array([1, 0, 1, 0])), 4)  # (1/1 + 2/3) / 2
+        0.8333
+        >>> average_precision(np.array([0.9, 0.8]), np.array([0, 0]))
+        nan
+    """
     order = np.argsort(-scores, kind="stable")
     hits = truth[order].astype(bool)
     if not hits.any():
@@ -127,11 +225,46 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
 
 
 def standardise(train, test):
+    """Standardise both sets per feature with the training set's mean and standard deviation (+ 1e-6).
+
+    Args:
+        train: ``(N, F)``.
+        test: ``(M, F)``.
+
+    Returns:
+        The standardised ``(train, test)``.
+
+    Example:
+        >>> train, test = standardise(np.array([[0.0], [2.0]]), np.array([[4.0]]))  # mean 1, std 1
+        >>> train.ravel().round(4).tolist(), test.ravel().round(4).tolist()
+        ([-1.0, 1.0], [3.0])
+    """
     mean, std = train.mean(0), train.std(0) + 1e-6
     return (train - mean) / std, (test - mean) / std
 
 
 def bigearthnet_probe(model) -> dict:
+    """The BigEarthNet multi-label probe: trained on the v1 patches, tested on the held-out v2 ones.
+
+    Needs the fixtures under ``BIGEARTHNET``. The weight decay is chosen by 5-fold
+    cross-validation (micro AP) on the training patches.
+
+    Args:
+        model: the encoder (``tile_features``).
+
+    Returns:
+        ``{"micro_ap", "macro_ap", "prior_micro_ap", "n_train", "n_test", "classes_in_test",
+        "weight_decay"}``; micro AP ranks every (patch, class) pair together, macro AP is the
+        mean of the per-class APs over the classes present in the test set.
+
+    Example:
+        >>> result = bigearthnet_probe(random_twin(load_pretrained("runs/default/model")))  # doctest: +SKIP
+        >>> result["n_train"], result["n_test"]  # doctest: +SKIP
+        (30, 24)
+        >>> scores, truth = np.array([[0.9, 0.2], [0.4, 0.8]]), np.array([[1, 0], [0, 1]])
+        >>> average_precision(scores.ravel(), truth.ravel()), average_precision(scores[:, 0], truth[:, 0])
+        (1.0, 1.0)
+    """
     labels, classes = bigearthnet_labels()
     train_files, test_files = bigearthnet_files("pretrain"), bigearthnet_files("heldout")
 
@@ -158,6 +291,26 @@ def bigearthnet_probe(model) -> dict:
 
 
 def worldcereal_probe(model, cube) -> dict:
+    """The WorldCereal cropland probe on 40 m patch embeddings: western half for training, eastern for testing.
+
+    Needs the pseudo-labels ``CROPTYPE``; each 40 m patch takes the majority class of its 4 x 4
+    label pixels. The weight decay is chosen on the north / south halves of the western half.
+
+    Args:
+        model: the encoder.
+        cube: the WorldCereal cube (``worldcereal_cube()``).
+
+    Returns:
+        ``{"accuracy", "macro_f1", "majority_accuracy", "classes", "n_train", "n_test",
+        "weight_decay"}``.
+
+    Example:
+        >>> result = worldcereal_probe(load_pretrained("runs/default/model"), worldcereal_cube())  # doctest: +SKIP
+        >>> result["classes"]  # doctest: +SKIP
+        [0, 1]
+        >>> CROPTYPE.relative_to(BIGEARTHNET.parent).as_posix()
+        'worldcereal/worldcereal_cropland_classification.nc'
+    """
     emb = xanysat.embed(cube, 40, model=model).compute()
     classes = xr.open_dataset(CROPTYPE, engine="h5netcdf")["__xarray_dataarray_variable__"].isel(bands=0).values
     k = 4
@@ -191,7 +344,23 @@ def worldcereal_probe(model, cube) -> dict:
 
 
 def compare(model_dir) -> list[dict]:
-    """Probe results of the model in ``model_dir`` and of its random-weights twin."""
+    """Probe results of the model in ``model_dir`` and of its random-weights twin.
+
+    A probe whose fixtures are absent gives ``{}``.
+
+    Args:
+        model_dir: a directory written by ``xanysat.checkpoint.save_pretrained``.
+
+    Returns:
+        ``[{"model": "pretrained", "bigearthnet": {...}, "worldcereal": {...}}, {"model": "random", ...}]``.
+
+    Example:
+        >>> results = compare("runs/default/model")  # doctest: +SKIP
+        >>> [r["model"] for r in results]  # doctest: +SKIP
+        ['pretrained', 'random']
+        >>> table([{"model": "pretrained", "bigearthnet": {}, "worldcereal": {}}]).splitlines()[2]  # no fixtures
+        '| pretrained | n/a | n/a | n/a | n/a | n/a | n/a |'
+    """
     torch.manual_seed(0)
     trained = load_pretrained(model_dir)
     cube = worldcereal_cube()
@@ -206,7 +375,23 @@ def compare(model_dir) -> list[dict]:
 
 
 def table(results: list[dict]) -> str:
-    """The probe results as a Markdown table."""
+    """The probe results as a Markdown table.
+
+    Args:
+        results: as ``compare`` returns them.
+
+    Returns:
+        The table, then notes on the data (from the first result) and the chosen weight decays.
+
+    Example:
+        >>> ben = {"micro_ap": 0.5, "macro_ap": 0.4, "prior_micro_ap": 0.3, "n_train": 30, "n_test": 24,
+        ...        "classes_in_test": 12, "weight_decay": 0.1}
+        >>> lines = table([{"model": "pretrained", "bigearthnet": ben, "worldcereal": {}}]).splitlines()
+        >>> lines[2]
+        '| pretrained | 0.500 | 0.400 | 0.300 | n/a | n/a | n/a |'
+        >>> print(lines[-1])
+        Weight decay chosen by cross-validation on the training part: pretrained 0.1 / None (BigEarthNet / WorldCereal).
+    """
     lines = ["| weights | BigEarthNet micro AP | macro AP | label-prior AP | WorldCereal accuracy | macro F1 | majority accuracy |",
              "|---|---|---|---|---|---|---|"]
     for r in results:
@@ -228,6 +413,22 @@ def table(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
+    """``python -m xanysat.evaluation --model DIR``: print the probe table of ``compare(DIR)``.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        0 (the exit status).
+
+    Example:
+        >>> import contextlib, io
+        >>> main(["--model", "runs/default/model"])  # doctest: +SKIP
+        >>> with contextlib.redirect_stdout(io.StringIO()) as text, contextlib.suppress(SystemExit):
+        ...     main(["--help"])
+        >>> "[-h] --model MODEL" in text.getvalue()  # --model is required
+        True
+    """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained")
     args = parser.parse_args(argv)

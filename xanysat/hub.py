@@ -35,8 +35,28 @@ def official_checkpoint_path(*, checkpoint: str | Path | None = None, cache_dir:
     Order: ``checkpoint``, then ``$XANYSAT_ANYSAT_CHECKPOINT``, then the Hugging Face cache /
     download of ``g-astruc/AnySat`` at ``ANYSAT_REVISION``.
 
+    Args:
+        checkpoint: path to the file (skips the Hub); it must exist.
+        cache_dir: Hugging Face cache directory (None: huggingface_hub's default).
+        local_files_only: look in the cache only, never download.
+
+    Returns:
+        The path of ``AnySat.pth``.
+
     Raises:
         CheckpointError: the file cannot be found or fetched; the message says how to get it.
+
+    Example:
+        >>> import tempfile
+        >>> path = official_checkpoint_path(local_files_only=True)  # doctest: +SKIP
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     local = Path(tmp) / "AnySat.pth"
+        ...     _ = local.write_bytes(b"")
+        ...     official_checkpoint_path(checkpoint=local) == local
+        True
+        >>> official_checkpoint_path(checkpoint="/nonexistent/AnySat.pth")
+        Traceback (most recent call last):
+        xanysat.errors.CheckpointError: no AnySat checkpoint at /nonexistent/AnySat.pth.
     """
     explicit = checkpoint or os.environ.get(CHECKPOINT_ENV)
     if explicit:

@@ -68,6 +68,7 @@ __all__ = [
     "sample_modality_mask",
     "set_hyperparameters",
     "target_embeddings",
+    "variance_covariance_loss",
     "train_step",
     "weight_decay_at",
 ]
@@ -97,8 +98,18 @@ class JEPAConfig:
             (then each feature standardised over all patches of the batch, which removes the
             component shared by every patch; see ``target_embeddings``).
         contrastive_negatives: ``"all"`` (official) or ``"other-sensors"`` (see ``mil_nce_loss``).
+        variance_weight, covariance_weight: VICReg terms on the student's context outputs
+            (``variance_covariance_loss``; official: 0).
         ema_start, ema_end: teacher momentum, linear over all training steps.
         lr, weight_decay: AdamW.
+
+    Example:
+        >>> import dataclasses
+        >>> config = JEPAConfig(predictor_depth=1, predictor_heads=2)
+        >>> config.n_targets, config.lr, config.weight_decay, config.predictor_dim is None
+        (4, 5e-05, 0.05, True)
+        >>> dataclasses.replace(config, tau=0.2).tau  # frozen: change a copy
+        0.2
     """
 
     n_targets: int = 4
@@ -119,6 +130,8 @@ class JEPAConfig:
     contrastive_weight: float = 1.0
     target_norm: str = "layer"
     contrastive_negatives: str = "all"
+    variance_weight: float = 0.0
+    covariance_weight: float = 0.0
     ema_start: float = 0.996
     ema_end: float = 1.0
     lr: float = 5e-5
@@ -134,6 +147,14 @@ class BlockMasks(NamedTuple):
     Attributes:
         context: ``(B, N_context)`` int64, increasing within a sample.
         targets: ``(n_targets, B, N_target)`` int64, increasing within a block.
+
+    Example:
+        >>> masks = sample_block_masks(2, (8, 8), generator=torch.Generator().manual_seed(0))
+        >>> context, targets = masks  # a NamedTuple: unpacks, or masks.context / masks.targets
+        >>> context.shape[0], tuple(targets.shape[:2])
+        (2, (4, 2))
+        >>> bool((context.diff(dim=1) > 0).all() and (targets.diff(dim=2) > 0).all())
+        True
     """
 
     context: Tensor
@@ -253,7 +274,17 @@ def apply_modality_mask(tokens: Tensor, keep: Tensor, mask_token: Tensor) -> Ten
     """Replace the tokens not kept (position embedding included, as released) by ``mask_token``.
 
     Args:
-        tokens: ``(B, L, D)``; keep: ``(B, L)`` bool; mask_token: ``(1, 1, D)``.
+        tokens: ``(B, L, D)``.
+        keep: ``(B, L)`` bool, True = kept (``sample_modality_mask``).
+        mask_token: ``(1, 1, D)``.
+
+    Returns:
+        ``(B, L, D)``, ``tokens`` where ``keep`` else ``mask_token``.
+
+    Example:
+        >>> tokens, mask_token = torch.zeros(1, 3, 2), torch.full((1, 1, 2), 7.0)
+        >>> apply_modality_mask(tokens, torch.tensor([[True, False, True]]), mask_token)[0].tolist()
+        [[0.0, 0.0], [7.0, 7.0], [0.0, 0.0]]
     """
     return torch.where(keep.to(tokens.device)[..., None], tokens, mask_token.to(tokens.dtype))
 
@@ -291,7 +322,20 @@ def drop_dates(batch: Mapping[str, Tensor], *, ratio: float = 0.5,
 
 
 def gather_patches(x: Tensor, index: Tensor) -> Tensor:
-    """``x: (B, P, D)``, ``index: (B, K)`` -> ``(B, K, D)``."""
+    """``x: (B, P, D)``, ``index: (B, K)`` -> ``(B, K, D)``.
+
+    Args:
+        x: ``(B, P, D)`` tokens.
+        index: ``(B, K)`` int64 positions along ``P``, per sample.
+
+    Returns:
+        ``(B, K, D)``: ``out[b, k] = x[b, index[b, k]]``.
+
+    Example:
+        >>> x = torch.arange(12.0).view(1, 4, 3)
+        >>> gather_patches(x, torch.tensor([[3, 0]])).tolist()
+        [[[9.0, 10.0, 11.0], [0.0, 1.0, 2.0]]]
+    """
     return torch.gather(x, 1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
@@ -302,9 +346,26 @@ def sensor_tokens(model: AnySat, batch: Mapping[str, Tensor], layout: BatchLayou
                   ) -> tuple[dict[str, Tensor], list[Tensor]]:
     """Patch-encoder outputs before any position embedding or masking.
 
+    Args:
+        model: the encoder.
+        batch: as ``AnySat.forward``.
+        layout: ``check_batch(batch, patch_size, tuple(model.projectors))``.
+
     Returns:
         ``{sensor: (B, P, D)}`` for patch-level sensors, and the ``(B, 1, D)`` tokens of
         tile-token sensors (MODIS).
+
+    Example:
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.batch import check_batch
+        >>> from xanysat.testing import synthetic_batch
+        >>> config = AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "modis"))
+        >>> model = AnySat(config)
+        >>> batch = synthetic_batch(("s2", "modis"), extent_m=60, batch_size=2)
+        >>> layout = check_batch(batch, 20, tuple(model.projectors))  # 60 m / 20 m: a 3 x 3 grid
+        >>> patches, tiles = sensor_tokens(model, batch, layout)
+        >>> {k: tuple(v.shape) for k, v in patches.items()}, [tuple(t.shape) for t in tiles]
+        ({'s2': (2, 9, 32)}, [(2, 1, 32)])
     """
     B, D = layout.batch_size, model.config.embed_dim
     patches, tiles = {}, []
@@ -363,6 +424,20 @@ def encode_context(model: AnySat, batch: Mapping[str, Tensor], patch_size: int, 
     Returns:
         ``(B, 1 + Nc, D)`` (class token first) and ``{sensor: (B, P, D)}``, the patch-encoder
         tokens of every patch (for the contrastive loss).
+
+    Raises:
+        ValueError: the batch has no patch-level sensor (tile tokens only).
+
+    Example:
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> batch = synthetic_batch(("s2",), extent_m=60, batch_size=2)  # 3 x 3 patches of 20 m
+        >>> context = torch.tensor([[0, 4, 8], [1, 2, 3]])  # 3 context patches per sample
+        >>> x, tokens = encode_context(model, batch, 20, context, mask_token=torch.zeros(1, 1, 32),
+        ...                            generator=torch.Generator().manual_seed(0))
+        >>> tuple(x.shape), {k: tuple(v.shape) for k, v in tokens.items()}
+        ((2, 4, 32), {'s2': (2, 9, 32)})
     """
     layout = check_batch(batch, patch_size, tuple(model.projectors))
     if layout.grid == (0, 0):
@@ -488,7 +563,21 @@ def target_embeddings(patch_tokens: Tensor, targets: Tensor, *, norm: str = "lay
 
 
 def prediction_loss(predictions: Tensor, targets: Tensor, *, beta: float = 1.0) -> Tensor:
-    """Smooth-L1 (Huber, ``beta``) averaged over every element (official loss "mse")."""
+    """Smooth-L1 (Huber, ``beta``) averaged over every element (official loss "mse").
+
+    Args:
+        predictions: predictor outputs, any shape.
+        targets: teacher targets, the same shape.
+        beta: where the loss turns from quadratic (``0.5 * d**2 / beta``) to linear
+            (``|d| - 0.5 * beta``).
+
+    Returns:
+        A scalar.
+
+    Example:
+        >>> prediction_loss(torch.zeros(2), torch.tensor([0.5, 3.0]))  # (0.125 + 2.5) / 2
+        tensor(1.3125)
+    """
     return F.smooth_l1_loss(predictions, targets, beta=beta)
 
 
@@ -547,13 +636,55 @@ def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: 
     return per_row[rows].sum() / rows.sum().clamp(min=1)
 
 
+def variance_covariance_loss(x: Tensor, *, target_std: float = 1.0, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """VICReg's variance and covariance terms over every token of ``x: (..., D)``.
+
+    ``variance = mean_d relu(target_std - sqrt(var_d + eps))`` and ``covariance = sum of the
+    squared off-diagonal covariances / D``: zero for spread-out, decorrelated features, large
+    when every token is the same vector or features copy each other. Used by ``JEPA`` when
+    ``variance_weight`` / ``covariance_weight`` are set (not in the official recipe; the
+    anti-collapse regulariser of C-JEPA, Mo & Tong 2024).
+
+    Example:
+        >>> same = torch.ones(10, 4)
+        >>> [round(float(v), 4) for v in variance_covariance_loss(same)]
+        [0.99, 0.0]
+        >>> spread = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, 1.0], [-1.0, -1.0]]) * 2
+        >>> [round(float(v), 4) for v in variance_covariance_loss(spread)]
+        [0.0, 28.4444]
+    """
+    flat = x.reshape(-1, x.shape[-1]).float()
+    centred = flat - flat.mean(0)
+    n, d = flat.shape
+    cov = centred.T @ centred / max(n - 1, 1)
+    variance = F.relu(target_std - torch.sqrt(cov.diagonal() + eps)).mean()
+    off = cov - torch.diag_embed(cov.diagonal())
+    return variance, off.pow(2).sum() / d
+
+
 def jepa_loss(predictions: Tensor, targets: Tensor, tokens: Sequence[Tensor], *, tau: float = 0.1,
               beta: float = 1.0, prediction_weight: float = 1.0, contrastive_weight: float = 1.0,
               negatives: str = "all") -> dict[str, Tensor]:
     """``prediction_weight * smooth-L1 + contrastive_weight * MIL-NCE`` (SPEC 5: 1.0 and 1.0).
 
+    Args:
+        predictions: predictor outputs ``(n_targets * B, Nt, D)``.
+        targets: teacher targets, the same shape.
+        tokens: per-sensor patch tokens ``(B, P, D)`` for ``mil_nce_loss``.
+        tau: MIL-NCE temperature.
+        beta: smooth-L1 threshold (``prediction_loss``).
+        prediction_weight: weight of the prediction loss.
+        contrastive_weight: weight of the MIL-NCE loss.
+        negatives: see ``mil_nce_loss``.
+
     Returns:
         ``{"loss", "prediction_loss", "contrastive_loss"}``.
+
+    Example:
+        >>> a = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])  # two sensors agreeing: MIL-NCE ~ 0
+        >>> losses = jepa_loss(torch.zeros(1, 2, 2), torch.ones(1, 2, 2), [a, a], prediction_weight=2.0)
+        >>> {k: round(float(v), 4) for k, v in losses.items()}  # 2 * 0.5 + 1 * 0.0
+        {'loss': 1.0, 'prediction_loss': 0.5, 'contrastive_loss': 0.0}
     """
     pred = prediction_loss(predictions, targets, beta=beta)
     contrastive = mil_nce_loss(tokens, tau=tau, negatives=negatives)
@@ -566,7 +697,28 @@ def jepa_loss(predictions: Tensor, targets: Tensor, tokens: Sequence[Tensor], *,
 
 @dataclass
 class JEPAOutput:
-    """What one JEPA forward gives; ``loss`` is what to back-propagate."""
+    """What one JEPA forward gives; ``loss`` is what to back-propagate.
+
+    Attributes:
+        loss: ``prediction_weight * prediction_loss + contrastive_weight * contrastive_loss``.
+        prediction_loss: smooth-L1 between predictions and targets.
+        contrastive_loss: cross-sensor MIL-NCE (zero with one sensor).
+        predictions: ``(n_targets * B, Nt, D)`` predictor outputs, block-major.
+        targets: ``(n_targets * B, Nt, D)`` teacher targets (no gradient).
+        masks: the ``BlockMasks`` drawn for this forward.
+
+    Example:
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> jepa = JEPA(encoder, JEPAConfig(predictor_depth=1, predictor_heads=2))
+        >>> out = jepa(synthetic_batch(("s2",), extent_m=60), 20, generator=torch.Generator().manual_seed(0))
+        >>> n_targets, B, n_t = out.masks.targets.shape
+        >>> tuple(out.predictions.shape) == tuple(out.targets.shape) == (n_targets * B, n_t, 32)
+        True
+        >>> out.contrastive_loss.item() == 0.0, torch.allclose(out.loss, out.prediction_loss)  # one sensor
+        (True, True)
+    """
 
     loss: Tensor
     prediction_loss: Tensor
@@ -585,6 +737,20 @@ class JEPA(nn.Module):
     Args:
         encoder: the student ``AnySat``.
         config: ``JEPAConfig`` (None: the official settings).
+
+    Example:
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> jepa = JEPA(encoder, JEPAConfig(predictor_depth=1, predictor_heads=2)).train()
+        >>> jepa.student is encoder, jepa.teacher.training, any(p.requires_grad for p in jepa.teacher.parameters())
+        (True, False, False)
+        >>> trainable = {id(p) for p in jepa.trainable_parameters()}  # student + predictor + mask token
+        >>> id(jepa.mask_token) in trainable, trainable.isdisjoint(id(p) for p in jepa.teacher.parameters())
+        (True, True)
+        >>> out = jepa(synthetic_batch(("s2",), extent_m=60), 20, generator=torch.Generator().manual_seed(0))
+        >>> out.loss.requires_grad, out.targets.requires_grad
+        (True, False)
     """
 
     def __init__(self, encoder: AnySat, config: JEPAConfig | None = None):
@@ -647,8 +813,11 @@ class JEPA(nn.Module):
         losses = jepa_loss(predictions, targets.to(predictions.dtype), list(tokens.values()), tau=cfg.tau,
                            beta=cfg.smooth_l1_beta, prediction_weight=cfg.prediction_weight,
                            contrastive_weight=cfg.contrastive_weight, negatives=cfg.contrastive_negatives)
-        return JEPAOutput(losses["loss"], losses["prediction_loss"], losses["contrastive_loss"],
-                          predictions, targets, masks)
+        loss = losses["loss"]
+        if cfg.variance_weight or cfg.covariance_weight:
+            variance, covariance = variance_covariance_loss(context[:, 1:])
+            loss = loss + cfg.variance_weight * variance + cfg.covariance_weight * covariance
+        return JEPAOutput(loss, losses["prediction_loss"], losses["contrastive_loss"], predictions, targets, masks)
 
 
 def train_step(jepa: JEPA, batch: Mapping[str, Tensor], patch_size: int, optimizer: torch.optim.Optimizer, *,
@@ -657,6 +826,30 @@ def train_step(jepa: JEPA, batch: Mapping[str, Tensor], patch_size: int, optimiz
 
     The EMA runs right after the backward, before the optimizer step, like the release's
     ``on_after_backward`` (SPEC 5: "applied after every backward").
+
+    Args:
+        jepa: the model.
+        batch: as ``AnySat.forward``.
+        patch_size: patch side in metres.
+        optimizer: over ``jepa.trainable_parameters()`` (``build_optimizer``).
+        momentum: teacher EMA momentum of this step (``momentum_at``).
+        generator: random source of every mask (None: torch's global one).
+
+    Returns:
+        The ``JEPAOutput`` of the forward.
+
+    Example:
+        >>> from xanysat import AnySat, AnySatConfig
+        >>> from xanysat.testing import synthetic_batch
+        >>> encoder = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> jepa = JEPA(encoder, JEPAConfig(predictor_depth=1, predictor_heads=2))
+        >>> optimizer = build_optimizer(jepa, lr=1e-3)
+        >>> before = next(jepa.student.parameters()).detach().clone()
+        >>> out = train_step(jepa, synthetic_batch(("s2",), extent_m=60), 20, optimizer, momentum=0.5,
+        ...                  generator=torch.Generator().manual_seed(0))
+        >>> # the EMA saw the student before the step (teacher == student then): the teacher is unchanged
+        >>> torch.equal(next(jepa.teacher.parameters()), before), torch.equal(next(jepa.student.parameters()), before)
+        (True, False)
     """
     optimizer.zero_grad(set_to_none=True)
     out = jepa(batch, patch_size, generator=generator)
@@ -689,7 +882,21 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
 
 
 def cosine_schedule(step: int, total_steps: int, start: float, end: float) -> float:
-    """Half-cosine from ``start`` (step 0) to ``end`` (``total_steps`` and after)."""
+    """Half-cosine from ``start`` (step 0) to ``end`` (``total_steps`` and after).
+
+    Args:
+        step: the step (negative steps count as 0).
+        total_steps: steps from ``start`` to ``end``.
+        start: value at step 0.
+        end: value at ``total_steps`` and after.
+
+    Returns:
+        ``end + (start - end) * (1 + cos(pi * step / total_steps)) / 2``.
+
+    Example:
+        >>> [cosine_schedule(s, 10, 1.0, 0.0) for s in (0, 5, 10, 20)]
+        [1.0, 0.5, 0.0, 0.0]
+    """
     t = min(max(step, 0), total_steps) / max(total_steps, 1)
     return end + (start - end) * (1 + math.cos(math.pi * t)) / 2
 
@@ -737,7 +944,23 @@ def lr_at(step: int, *, base_lr: float = 5e-5, warmup_steps: int = 0, total_step
 
 def weight_decay_at(step: int, *, start: float = 0.05, end: float | None = None,
                     total_steps: int | None = None) -> float:
-    """AdamW weight decay at ``step``: constant 0.05 (SPEC 5), or cosine to ``end`` (I-JEPA style)."""
+    """AdamW weight decay at ``step``: constant 0.05 (SPEC 5), or cosine to ``end`` (I-JEPA style).
+
+    Args:
+        step: the optimizer step.
+        start: weight decay at step 0 (and throughout when constant).
+        end: weight decay at ``total_steps`` (None: constant ``start``).
+        total_steps: length of the cosine (None: constant ``start``).
+
+    Returns:
+        The weight decay.
+
+    Example:
+        >>> weight_decay_at(1000), weight_decay_at(1000, end=0.4)  # constant without total_steps
+        (0.05, 0.05)
+        >>> weight_decay_at(50, start=0.0, end=1.0, total_steps=100)
+        0.5
+    """
     if end is None or total_steps is None:
         return start
     return cosine_schedule(step, total_steps, start, end)
@@ -745,7 +968,24 @@ def weight_decay_at(step: int, *, start: float = 0.05, end: float | None = None,
 
 def build_optimizer(params: Iterable[nn.Parameter] | nn.Module, *, lr: float = 5e-5,
                     weight_decay: float = 0.05) -> torch.optim.AdamW:
-    """AdamW over the parameters that require grad (SPEC 5: lr 5e-5, weight decay 0.05 on all)."""
+    """AdamW over the parameters that require grad (SPEC 5: lr 5e-5, weight decay 0.05 on all).
+
+    Args:
+        params: parameters, or a module: its ``trainable_parameters()`` when it has them
+            (``JEPA``: not the teacher), else its ``parameters()``.
+        lr: learning rate.
+        weight_decay: AdamW weight decay, on every parameter.
+
+    Returns:
+        A ``torch.optim.AdamW`` with one parameter group.
+
+    Example:
+        >>> layer = nn.Linear(2, 2)
+        >>> _ = layer.bias.requires_grad_(False)  # frozen: left out
+        >>> group = build_optimizer(layer, lr=1e-3).param_groups[0]
+        >>> len(group["params"]), group["lr"], group["weight_decay"]
+        (1, 0.001, 0.05)
+    """
     if isinstance(params, nn.Module):
         params = params.trainable_parameters() if hasattr(params, "trainable_parameters") else params.parameters()
     return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=weight_decay)
@@ -753,7 +993,19 @@ def build_optimizer(params: Iterable[nn.Parameter] | nn.Module, *, lr: float = 5
 
 def set_hyperparameters(optimizer: torch.optim.Optimizer, *, lr: float | None = None,
                         weight_decay: float | None = None) -> None:
-    """Write this step's ``lr`` / ``weight_decay`` into every parameter group."""
+    """Write this step's ``lr`` / ``weight_decay`` into every parameter group.
+
+    Args:
+        optimizer: any torch optimizer.
+        lr: the new learning rate (None: unchanged).
+        weight_decay: the new weight decay (None: unchanged).
+
+    Example:
+        >>> optimizer = build_optimizer(nn.Linear(2, 2))
+        >>> set_hyperparameters(optimizer, lr=lr_at(0, warmup_steps=10, base_lr=1.0))
+        >>> optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["weight_decay"]
+        (0.1, 0.05)
+    """
     for group in optimizer.param_groups:
         if lr is not None:
             group["lr"] = lr
@@ -763,7 +1015,24 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, *, lr: float | None = 
 
 def plateau_scheduler(optimizer: torch.optim.Optimizer, *, factor: float = 0.1, patience: int = 10
                       ) -> torch.optim.lr_scheduler.ReduceLROnPlateau:
-    """The official ``ReduceLROnPlateau(mode='min', factor=0.1, patience=10)`` on the validation loss, per epoch."""
+    """The official ``ReduceLROnPlateau(mode='min', factor=0.1, patience=10)`` on the validation loss, per epoch.
+
+    Args:
+        optimizer: the optimizer whose learning rate it lowers.
+        factor: multiplies the learning rate on a plateau.
+        patience: epochs without improvement that are tolerated.
+
+    Returns:
+        The scheduler; call ``scheduler.step(validation_loss)`` once per epoch.
+
+    Example:
+        >>> optimizer = build_optimizer(nn.Linear(2, 2), lr=1.0)
+        >>> scheduler = plateau_scheduler(optimizer, patience=1)
+        >>> for validation_loss in (1.0, 1.0, 1.0):  # no improvement for 2 > patience epochs
+        ...     scheduler.step(validation_loss)
+        >>> optimizer.param_groups[0]["lr"]
+        0.1
+    """
     return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=factor, patience=patience)
 
 
@@ -774,6 +1043,18 @@ def embedding_std(x: Tensor) -> Tensor:
     """Mean over features of the standard deviation over samples; ``x: (..., D)``.
 
     Near 0 means collapse to a constant.
+
+    Args:
+        x: embeddings ``(..., D)``; every leading index is a sample.
+
+    Returns:
+        A scalar tensor (float32).
+
+    Example:
+        >>> round(float(embedding_std(torch.tensor([[0.0, 2.0], [2.0, 4.0]]))), 4)  # sqrt(2) per feature
+        1.4142
+        >>> float(embedding_std(torch.ones(5, 3)))  # collapsed
+        0.0
     """
     return x.reshape(-1, x.shape[-1]).float().std(dim=0).mean()
 
@@ -793,6 +1074,19 @@ def effective_rank(x: Tensor) -> Tensor:
 
 
 def collapse_stats(x: Tensor) -> dict[str, float]:
-    """``{"std": embedding_std(x), "effective_rank": effective_rank(x)}`` as floats."""
+    """``{"std": embedding_std(x), "effective_rank": effective_rank(x)}`` as floats.
+
+    Args:
+        x: embeddings ``(..., D)``.
+
+    Returns:
+        ``{"std": float, "effective_rank": float}``.
+
+    Example:
+        >>> {k: round(v, 4) for k, v in collapse_stats(torch.eye(4)).items()}  # std of [1, 0, 0, 0] = 0.5
+        {'std': 0.5, 'effective_rank': 4.0}
+        >>> {k: round(v, 4) for k, v in collapse_stats(torch.ones(6, 4)).items()}  # collapsed
+        {'std': 0.0, 'effective_rank': 1.0}
+    """
     with torch.no_grad():
         return {"std": float(embedding_std(x)), "effective_rank": float(effective_rank(x))}

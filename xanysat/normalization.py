@@ -111,7 +111,12 @@ def fit_normalization(data, sensor: str | None = None) -> dict[str, NormStats]:
         values = projector_bands(s)
         dims = [d for d in values.dims if d != "band"]
         lazy[name] = (values.mean(dims, skipna=True), values.std(dims, skipna=True))
-    (computed,) = dask.compute(lazy)
+    import warnings
+
+    with warnings.catch_warnings():  # absent bands are all-NaN by design: their statistics are NaN
+        warnings.filterwarnings("ignore", message="(invalid value|Mean of empty slice|Degrees of freedom)",
+                                category=RuntimeWarning)
+        (computed,) = dask.compute(lazy)
     return {
         name: NormStats(tuple(float(v) for v in mean.values), tuple(float(v) for v in std.values),
                         "fitted on the cube (xanysat.fit_normalization)")

@@ -43,6 +43,18 @@ class PretrainConfig:
         seed: seeds the model init, the masks and the data sampling.
         checkpoint_every, monitor_every: in steps.
         threads: torch intra-op threads (None: torch's default).
+        data: settings of the batch stream, for the recipe that builds it (e.g.
+            ``xanysat.pretraining.pretrain_default`` reads ``data[0]``); ``pretrain`` only
+            records them in ``config.json``.
+
+    Example:
+        >>> config = PretrainConfig(model={"preset": "tiny", "embed_dim": 32, "sensors": ["s2"]},
+        ...                         jepa={"predictor_depth": 1, "target_aspect": [1.0, 1.0]})
+        >>> model = config.model_config()  # the preset's other fields kept
+        >>> model.embed_dim, model.depth, model.sensors
+        (32, 2, ('s2',))
+        >>> config.jepa_config().target_aspect, config.jepa_config().n_targets
+        ((1.0, 1.0), 4)
     """
 
     out_dir: str = "runs/pretrain"
@@ -59,6 +71,7 @@ class PretrainConfig:
     data: list = field(default_factory=list)
 
     def model_config(self) -> AnySatConfig:
+        """The ``AnySatConfig``: the ``preset`` (default ``"tiny"``) with the other ``model`` fields."""
         fields = dict(self.model)
         preset = fields.pop("preset", "tiny")
         if "sensors" in fields:
@@ -66,12 +79,37 @@ class PretrainConfig:
         return getattr(AnySatConfig, preset)().with_changes(**fields)
 
     def jepa_config(self) -> JEPAConfig:
+        """The ``JEPAConfig`` from the ``jepa`` fields (lists become tuples)."""
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.jepa.items()}
         return JEPAConfig(**fields)
 
 
 def load_config(path, cls=PretrainConfig):
-    """Read a TOML file into ``cls`` (a dataclass); unknown keys raise with the known ones listed."""
+    """Read a TOML file into ``cls`` (a dataclass); unknown keys raise with the known ones listed.
+
+    Args:
+        path: the TOML file; its top-level keys are ``cls`` fields (tables for dict fields).
+        cls: the dataclass to build.
+
+    Returns:
+        ``cls(**settings)``.
+
+    Raises:
+        ValueError: a key is not a field of ``cls``.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     path = Path(tmp) / "run.toml"
+        ...     _ = path.write_text('steps = 7\\n[model]\\npreset = "tiny"\\nembed_dim = 32\\n')
+        ...     config = load_config(path)
+        ...     _ = path.write_text("stepz = 7\\n")
+        ...     load_config(path)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ValueError: .../run.toml: unknown settings ['stepz']; known: ['checkpoint_every', ...].
+        >>> config.steps, config.model_config().embed_dim
+        (7, 32)
+    """
     import tomllib
 
     data = tomllib.loads(Path(path).read_text())
@@ -94,8 +132,30 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
         config: the run's settings.
         batches: builds the batch stream from a seed (see ``BatchFactory``).
         resume: continue from ``out_dir/checkpoint.pt`` when it exists.
+        progress: show a tqdm progress bar.
         stop_after: stop after this step (for tests of interrupted runs); the final checkpoint is
             written as at any checkpoint step.
+
+    Returns:
+        The ``JEPA``; ``out_dir`` then holds ``checkpoint.pt``, ``config.json``, ``log.csv``,
+        ``monitor.csv`` and ``loss.png``.
+
+    Example:
+        >>> import itertools, tempfile
+        >>> from xanysat.testing import synthetic_batch
+        >>> def batches(seed):  # the same endless stream for the same seed
+        ...     for k in itertools.count(seed):
+        ...         yield synthetic_batch(("s2",), extent_m=60, batch_size=2, n_dates=3, seed=k), 20
+        >>> model = {"preset": "tiny", "embed_dim": 32, "depth": 1, "num_heads": 2, "sensors": ["s2"]}
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     config = PretrainConfig(out_dir=tmp, model=model, jepa={"predictor_depth": 1, "predictor_heads": 2},
+        ...                             steps=2, warmup_steps=1)
+        ...     jepa = pretrain(config, batches, progress=False)
+        ...     log = list(csv.DictReader((Path(tmp) / "log.csv").read_text().splitlines()))
+        ...     sorted(p.name for p in Path(tmp).iterdir())
+        ['checkpoint.pt', 'config.json', 'log.csv', 'loss.png', 'monitor.csv']
+        >>> [row["step"] for row in log], jepa.student.config.embed_dim
+        (['0', '1'], 32)
     """
     out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +275,29 @@ def _bar(enabled: bool, total: int, initial: int):
 
 
 def plot_losses(log_csv, png, *, width: int = 640, height: int = 360) -> Path:
-    """Loss curves from ``log.csv`` as a PNG (total, prediction and contrastive; smoothed)."""
+    """Loss curves from ``log.csv`` as a PNG (total, prediction and contrastive; smoothed).
+
+    Args:
+        log_csv: a ``log.csv`` written by ``pretrain`` (columns ``LOG_FIELDS``).
+        png: the image to write.
+        width: image width in pixels.
+        height: image height in pixels.
+
+    Returns:
+        ``Path(png)``.
+
+    Example:
+        >>> import tempfile
+        >>> from PIL import Image
+        >>> rows = [[step, 2 - step, 1, 1 - step, 1e-4, 0.996, 20, 0.1] for step in range(3)]  # as LOG_FIELDS
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     log = Path(tmp) / "log.csv"
+        ...     with open(log, "w", newline="") as f:
+        ...         csv.writer(f).writerows([LOG_FIELDS, *rows])
+        ...     png = plot_losses(log, Path(tmp) / "loss.png", width=320, height=200)
+        ...     png.name, Image.open(png).size
+        ('loss.png', (320, 200))
+    """
     from PIL import Image, ImageDraw
 
     rows = list(csv.DictReader(Path(log_csv).read_text().splitlines()))

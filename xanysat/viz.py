@@ -290,7 +290,7 @@ def similarity(emb, x: float | None = None, y: float | None = None, *, vector=No
         if x is None or y is None:
             raise DimensionError("similarity needs a point (x=..., y=...) in the map's CRS, or vector=.")
         query, (cx, cy) = _query_at(emb, x, y, method)
-        attrs = {"query": f"embedding of the cell at x={cx:g}, y={cy:g} (asked: x={x:g}, y={y:g})",
+        attrs = {"query": f"embedding of the cell at x={cx:.2f}, y={cy:.2f} (asked: x={x:.2f}, y={y:.2f})",
                  "query_x": cx, "query_y": cy}
     norm = float(np.linalg.norm(query))
     if norm == 0:
@@ -335,18 +335,18 @@ def _query_at(emb: xr.DataArray, x: float, y: float, method) -> tuple[np.ndarray
         lo, hi = _bounds(emb, name)
         if not lo <= value <= hi:
             raise DimensionError(
-                f"point (x={x:g}, y={y:g}) is outside the map: it spans x {_bounds(emb, 'x')[0]:g} to "
-                f"{_bounds(emb, 'x')[1]:g}, y {_bounds(emb, 'y')[0]:g} to {_bounds(emb, 'y')[1]:g}"
+                f"point (x={x:.2f}, y={y:.2f}) is outside the map: it spans x {_bounds(emb, 'x')[0]:.2f} to "
+                f"{_bounds(emb, 'x')[1]:.2f}, y {_bounds(emb, 'y')[0]:.2f} to {_bounds(emb, 'y')[1]:.2f}"
                 f"{_crs_note(emb)}. Give the point in the map's CRS."
             )
     try:
         cell = emb.sel(x=x, y=y, method=method)
     except KeyError:
-        raise DimensionError(f"no cell centre at exactly x={x:g}, y={y:g}; use method='nearest'.") from None
+        raise DimensionError(f"no cell centre at exactly x={x:.2f}, y={y:.2f}; use method='nearest'.") from None
     query = np.asarray(cell.transpose(FEATURE).values, dtype="float64")
     cx, cy = float(cell["x"]), float(cell["y"])
     if not np.isfinite(query).all():
-        raise DimensionError(f"the map is NaN at the cell x={cx:g}, y={cy:g} (no valid input there); pick another "
+        raise DimensionError(f"the map is NaN at the cell x={cx:.2f}, y={cy:.2f} (no valid input there); pick another "
                              "point or pass vector=.")
     return query, (cx, cy)
 
