@@ -511,3 +511,13 @@ def test_treesatai_equals_the_official_batch():
     with torch.inference_mode():
         expected = tiny_model()(official, 10, "patch")[0].double().numpy()
     assert_same(values(emb), np.moveaxis(expected, -1, 0))
+
+
+def test_sensor_without_projector_fails_before_any_task():
+    from xanysat import AnySat, AnySatConfig
+    from xanysat.errors import ModalityError
+
+    model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))).eval()
+    cube = synthetic_cube(("s2", "naip"))
+    with pytest.raises(ModalityError, match="no projector for naip; it knows s2"):
+        xanysat.embed(cube, 40, model=model, normalize=False)

@@ -373,3 +373,33 @@ def test_full_jepa_step_decreases_loss():
     assert last[2] < first[2], losses  # contrastive
     assert all(p.grad is None for p in jepa.teacher.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(teacher0, jepa.teacher.parameters()))
+
+
+def test_variance_covariance_loss_by_hand():
+    from xanysat.jepa import variance_covariance_loss
+
+    x = torch.randn(2, 5, 3, generator=gen(3), dtype=torch.float64)
+    rows = x.reshape(10, 3).tolist()
+    mean = [sum(r[k] for r in rows) / 10 for k in range(3)]
+    cov = [[sum((r[i] - mean[i]) * (r[j] - mean[j]) for r in rows) / 9 for j in range(3)] for i in range(3)]
+    variance = sum(max(0.0, 1.0 - math.sqrt(cov[k][k] + 1e-4)) for k in range(3)) / 3
+    covariance = sum(cov[i][j] ** 2 for i in range(3) for j in range(3) if i != j) / 3
+    got = variance_covariance_loss(x)
+    assert float(got[0]) == pytest.approx(variance, rel=1e-5) and float(got[1]) == pytest.approx(covariance, rel=1e-5)
+
+
+def test_jepa_regulariser_weights_enter_the_loss():
+    from xanysat import AnySat, AnySatConfig
+    from xanysat.jepa import JEPA, JEPAConfig
+    from xanysat.testing import synthetic_batch
+
+    config = AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))
+    batch = synthetic_batch("s2", extent_m=80, batch_size=2, seed=0)
+    losses = []
+    for weight in (0.0, 1.0):
+        torch.manual_seed(0)
+        jepa = JEPA(AnySat(config), JEPAConfig(predictor_depth=1, predictor_heads=2, variance_weight=weight))
+        out = jepa(batch, 20, generator=torch.Generator().manual_seed(1))
+        losses.append((float(out.loss), float(out.prediction_loss)))
+    assert losses[0][1] == pytest.approx(losses[1][1])  # same masks, same prediction
+    assert losses[1][0] > losses[0][0] + 0.1  # the variance hinge adds up to 1

@@ -217,6 +217,7 @@ def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch
     if output == "dense":
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
     ref = ref or model_ref(model, device=device, dtype=dtype)
+    check_model_sensors(ref, names)
     features = _features(ref) * (2 if output == "dense" else 1)
     stats = resolve_normalization(names, normalize, _model_stats(ref))
     plans, arrays = [], {}
@@ -258,6 +259,25 @@ def _model_stats(ref: ModelRef) -> dict:
     from xanysat.runtime import get_model
 
     return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "normalization", {})
+
+
+def check_model_sensors(ref: ModelRef, sensors) -> None:
+    """Raise ``ModalityError`` before any task runs when the model has no projector for a sensor.
+
+    Example:
+        >>> from xanysat.runtime import model_ref
+        >>> check_model_sensors(model_ref("untrained-tiny", device="cpu"), ("s2", "naip"))  # every sensor
+    """
+    from xanysat.errors import ModalityError
+    from xanysat.runtime import get_model
+
+    known = tuple(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")).projectors)
+    missing = [n for n in sensors if n not in known]
+    if missing:
+        hint = ("; select those sensors out of the cube, or use a model that has them "
+                "(model='base': the released weights, every sensor; 'untrained-tiny': random weights)")
+        raise ModalityError(f"the model {ref.model_id!r} has no projector for {', '.join(missing)}; "
+                            f"it knows {', '.join(known)}{hint}.")
 
 
 def _features(ref: ModelRef) -> int:

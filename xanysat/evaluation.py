@@ -429,7 +429,9 @@ def main(argv=None) -> int:
         >>> "[-h] --model MODEL" in text.getvalue()  # --model is required
         True
     """
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m xanysat.evaluation",
+                                     description="Linear probes of a saved model against the same architecture "
+                                                 "with random weights (BigEarthNet, WorldCereal cropland).")
     parser.add_argument("--model", required=True, help="a directory written by save_pretrained")
     args = parser.parse_args(argv)
     print(table(compare(args.model)))
