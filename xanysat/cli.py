@@ -131,6 +131,8 @@ def _parser() -> argparse.ArgumentParser:
         task.set_defaults(run=_run_finetune, freeze=name == "probe")
     evaluate = sub.add_parser("evaluate", help="linear probes of a saved model against random weights")
     evaluate.add_argument("--model", required=True, help="a directory written by save_pretrained")
+    evaluate.add_argument("--run", help="the pretraining run directory: also write the model card "
+                          "(MODEL/README.md: data, settings, loss curve, collapse monitor, these probes)")
     evaluate.set_defaults(run=_run_evaluate)
     return parser
 
@@ -157,7 +159,12 @@ def _run_pretrain(args) -> int:
 def _run_evaluate(args) -> int:
     from xanysat.evaluation import compare, table
 
-    print(table(compare(args.model)))
+    results = table(compare(args.model))
+    print(results)
+    if args.run:
+        from xanysat.pretraining import write_model_card
+
+        _say(f"wrote {write_model_card(args.run, args.model, results)}")
     return EXIT_OK
 
 

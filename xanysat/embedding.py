@@ -276,6 +276,9 @@ def check_model_sensors(ref: ModelRef, sensors) -> None:
     if missing:
         hint = ("; select those sensors out of the cube, or use a model that has them "
                 "(model='base': the released weights, every sensor; 'untrained-tiny': random weights)")
+        if "s1" in missing and "s1-asc" in known:
+            hint += ("; ascending-orbit Sentinel-1 loads as 's1-asc': "
+                     "xanysat.stac.load(items, sensors={'s1-asc': '<collection>'})")
         raise ModalityError(f"the model {ref.model_id!r} has no projector for {', '.join(missing)}; "
                             f"it knows {', '.join(known)}{hint}.")
 
