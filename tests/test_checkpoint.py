@@ -150,3 +150,20 @@ def test_default_model_is_used_when_base_is_absent(monkeypatch, tmp_path):
     monkeypatch.setenv("XANYSAT_ANYSAT_CHECKPOINT", str(tmp_path / "no-such.pth"))
     loaded = hub.load_model()
     assert loaded.model_id == "test-default" and loaded.normalization["s1-asc"].mean == (0.1, 0.02)
+
+
+def test_the_shipped_default_model():
+    """The package carries its pretrained default: small, safetensors, with its statistics and card."""
+    from xanysat.hub import DEFAULT_DIR
+
+    files = {p.name: p.stat().st_size for p in DEFAULT_DIR.iterdir()}
+    assert {"model.safetensors", "config.json", "README.md", "loss.png"} <= set(files)
+    assert sum(files.values()) < 20e6
+    model = load_model("default")
+    assert set(model.projectors) == {"s2", "s1-asc"} and not model.training
+    assert all(s > 0 for s in model.normalization["s1-asc"].std)
+    card = (DEFAULT_DIR / "README.md").read_text()
+    assert "effective rank" in card and "| pretrained |" in card and "| random |" in card
+    batch = {"s2": torch.rand(2, 3, 10, 4, 4), "s2_dates": torch.tensor([[10, 120, 200]] * 2)}
+    out = model(batch, 20, "patch")
+    assert out.shape == (2, 2, 2, 192) and torch.isfinite(out).all()

@@ -403,3 +403,26 @@ def test_jepa_regulariser_weights_enter_the_loss():
         losses.append((float(out.loss), float(out.prediction_loss)))
     assert losses[0][1] == pytest.approx(losses[1][1])  # same masks, same prediction
     assert losses[1][0] > losses[0][0] + 0.1  # the variance hinge adds up to 1
+
+
+def test_target_embeddings_position_norm_removes_what_every_sample_shares_at_a_position():
+    position_code = 3 * torch.randn(1, 6, 4)  # the same at each position in every sample
+    content = 0.1 * torch.randn(5, 6, 4)
+    targets = torch.tensor([[[0, 1]] * 5])
+    out = target_embeddings(position_code + content, targets, norm="layer+position")
+    h = torch.nn.functional.layer_norm(position_code + content, (4,))
+    centred = h - h.mean(0, keepdim=True)
+    hand = centred / centred.reshape(-1, 4).std(0)
+    assert torch.allclose(out, hand[:, :2], atol=1e-4)
+    assert float(out.mean(0).abs().max()) < 1e-5  # no position left in the targets
+
+
+def test_variance_per_position_ignores_positional_spread():
+    from xanysat.jepa import variance_covariance_loss
+
+    grid = torch.arange(8.0)[:, None].repeat(1, 3) * 2  # each position its own vector, no content
+    x = grid[None].repeat(4, 1, 1)  # (B=4, N=8, D=3): every sample identical
+    positions = torch.arange(8)[None].repeat(4, 1)
+    assert float(variance_covariance_loss(x)[0]) == 0.0  # spread by position: no penalty globally
+    per_position = variance_covariance_loss(x, positions=positions)[0]
+    assert float(per_position) == pytest.approx(1 - math.sqrt(1e-4), rel=1e-6)  # but no content variance

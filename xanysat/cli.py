@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--config", help="TOML file of xanysat.train.PretrainConfig settings (default: the shipped "
                      "default's recipe, xanysat.pretraining.DEFAULT_CONFIG)")
     pre.add_argument("--out", help="run directory (checkpoints, log.csv, loss.png, model/); overrides out_dir")
-    pre.add_argument("--steps", type=int, help="overrides the config's steps (default recipe: 1000)")
+    pre.add_argument("--steps", type=int, help="overrides the config's steps (default recipe: 800)")
     pre.add_argument("--threads", type=int)
     pre.add_argument("--no-resume", action="store_true", help="start again instead of resuming the run directory")
     pre.set_defaults(run=_run_pretrain)

@@ -94,12 +94,14 @@ class JEPAConfig:
         tau: MIL-NCE temperature.
         smooth_l1_beta: Huber threshold of the prediction loss.
         prediction_weight, contrastive_weight: loss mix.
-        target_norm: ``"layer"`` (official: LayerNorm over features) or ``"layer+batch"``
-            (then each feature standardised over all patches of the batch, which removes the
-            component shared by every patch; see ``target_embeddings``).
+        target_norm: ``"layer"`` (official: LayerNorm over features), ``"layer+batch"`` (then
+            each feature standardised over the batch's patches) or ``"layer+position"`` (centred
+            on the batch mean at each grid position first); see ``target_embeddings``.
         contrastive_negatives: ``"all"`` (official) or ``"other-sensors"`` (see ``mil_nce_loss``).
         variance_weight, covariance_weight: VICReg terms on the student's context outputs
             (``variance_covariance_loss``; official: 0).
+        variance_per_position: centre those tokens per grid position (content, not position,
+            must vary).
         ema_start, ema_end: teacher momentum, linear over all training steps.
         lr, weight_decay: AdamW.
 
@@ -132,6 +134,7 @@ class JEPAConfig:
     contrastive_negatives: str = "all"
     variance_weight: float = 0.0
     covariance_weight: float = 0.0
+    variance_per_position: bool = False
     ema_start: float = 0.996
     ema_end: float = 1.0
     lr: float = 5e-5
@@ -542,7 +545,9 @@ def target_embeddings(patch_tokens: Tensor, targets: Tensor, *, norm: str = "lay
     Args:
         patch_tokens: teacher patch tokens ``(B, P, D)`` (class token removed).
         targets: ``(n_targets, B, Nt)``.
-        norm: ``"layer"`` or ``"layer+batch"``.
+        norm: ``"layer"``, ``"layer+batch"`` or ``"layer+position"`` (the mean over the batch is
+            taken at each grid position, so what every sample has at a position, such as the
+            positional encoding, is no target; then standardised per feature).
 
     Returns:
         ``(n_targets * B, Nt, D)``, block-major like ``Predictor``.
@@ -553,12 +558,13 @@ def target_embeddings(patch_tokens: Tensor, targets: Tensor, *, norm: str = "lay
         >>> tuple(out.shape)
         (2, 2, 8)
     """
-    if norm not in ("layer", "layer+batch"):
-        raise ValueError(f"target_norm must be 'layer' or 'layer+batch', got {norm!r}.")
+    if norm not in ("layer", "layer+batch", "layer+position"):
+        raise ValueError(f"target_norm must be 'layer', 'layer+batch' or 'layer+position', got {norm!r}.")
     h = F.layer_norm(patch_tokens, patch_tokens.shape[-1:])
-    if norm == "layer+batch":
-        flat = h.reshape(-1, h.shape[-1]).float()
-        h = ((h - flat.mean(0)) / flat.std(0).clamp(min=1e-4)).to(h.dtype)
+    if norm != "layer":
+        centred = h.float() - (h.float().mean(0, keepdim=True) if norm == "layer+position" else
+                               h.float().reshape(-1, h.shape[-1]).mean(0))
+        h = (centred / centred.reshape(-1, h.shape[-1]).std(0).clamp(min=1e-4)).to(h.dtype)
     return torch.cat([gather_patches(h, t.to(h.device)) for t in targets])
 
 
@@ -636,12 +642,15 @@ def mil_nce_loss(tokens: Sequence[Tensor] | Tensor, *, tau: float = 0.1, valid: 
     return per_row[rows].sum() / rows.sum().clamp(min=1)
 
 
-def variance_covariance_loss(x: Tensor, *, target_std: float = 1.0, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+def variance_covariance_loss(x: Tensor, *, target_std: float = 1.0, eps: float = 1e-4,
+                             positions: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """VICReg's variance and covariance terms over every token of ``x: (..., D)``.
 
     ``variance = mean_d relu(target_std - sqrt(var_d + eps))`` and ``covariance = sum of the
     squared off-diagonal covariances / D``: zero for spread-out, decorrelated features, large
-    when every token is the same vector or features copy each other. Used by ``JEPA`` when
+    when every token is the same vector or features copy each other. With ``positions`` (the
+    grid index of each token, ``x.shape[:-1]``) tokens are centred on the mean of their
+    position instead of the global mean. Used by ``JEPA`` when
     ``variance_weight`` / ``covariance_weight`` are set (not in the official recipe; the
     anti-collapse regulariser of C-JEPA, Mo & Tong 2024).
 
@@ -654,7 +663,14 @@ def variance_covariance_loss(x: Tensor, *, target_std: float = 1.0, eps: float =
         [0.0, 28.4444]
     """
     flat = x.reshape(-1, x.shape[-1]).float()
-    centred = flat - flat.mean(0)
+    if positions is None:
+        centred = flat - flat.mean(0)
+    else:  # centre each token on the batch mean at its grid position: position alone gives no variance
+        index = positions.reshape(-1).to(flat.device)
+        n_pos = int(index.max()) + 1
+        sums = flat.new_zeros(n_pos, flat.shape[1]).index_add_(0, index, flat)
+        counts = flat.new_zeros(n_pos).index_add_(0, index, torch.ones_like(index, dtype=flat.dtype))
+        centred = flat - (sums / counts.clamp(min=1)[:, None])[index]
     n, d = flat.shape
     cov = centred.T @ centred / max(n - 1, 1)
     variance = F.relu(target_std - torch.sqrt(cov.diagonal() + eps)).mean()
@@ -815,7 +831,8 @@ class JEPA(nn.Module):
                            contrastive_weight=cfg.contrastive_weight, negatives=cfg.contrastive_negatives)
         loss = losses["loss"]
         if cfg.variance_weight or cfg.covariance_weight:
-            variance, covariance = variance_covariance_loss(context[:, 1:])
+            variance, covariance = variance_covariance_loss(
+                context[:, 1:], positions=masks.context if cfg.variance_per_position else None)
             loss = loss + cfg.variance_weight * variance + cfg.covariance_weight * covariance
         return JEPAOutput(loss, losses["prediction_loss"], losses["contrastive_loss"], predictions, targets, masks)
 
