@@ -9,6 +9,7 @@ import dask
 import dask.array
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 from cubes import (
     direct,
@@ -521,3 +522,22 @@ def test_sensor_without_projector_fails_before_any_task():
     cube = synthetic_cube(("s2", "naip"))
     with pytest.raises(ModalityError, match="no projector for naip; it knows s2"):
         xanysat.embed(cube, 40, model=model, normalize=False)
+
+
+def test_a_model_trained_on_small_tiles_embeds_on_them_by_default(tmp_path):
+    from xanysat import AnySat, AnySatConfig
+    from xanysat.checkpoint import save_pretrained
+
+    torch.manual_seed(0)
+    model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))).eval()
+    model.tile_m = 160
+    saved = save_pretrained(model, tmp_path / "m", model_id="small-tiles")
+    cube = synthetic_cube(("s2",), extent_m=(400, 640))
+    emb = xanysat.embed(cube, 40, model=saved)
+    assert emb.attrs["tile_size_m"] == [160, 160]
+    explicit = xanysat.embed(cube, 40, model=saved, tile_size=160)
+    np.testing.assert_array_equal(emb.values, explicit.values)
+    assert xanysat.embed(cube, 20, model=saved).attrs["tile_size_m"] == [160, 160]
+    assert xanysat.embed(cube, 40, model=saved, tile_size=320).attrs["tile_size_m"] == [320, 320]
+    plan = xanysat.plan(cube, 40, model=saved)
+    assert "160" in str(plan)

@@ -314,7 +314,8 @@ def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | Non
     save_file(state, directory / "model.safetensors")
     meta = {"format": "xanysat", "model_id": model_id or model.model_id, "config": model.config.to_dict(),
             "normalization": {k: {"mean": list(v.mean), "std": list(v.std), "source": v.source}
-                              for k, v in getattr(model, "normalization", {}).items()}}
+                              for k, v in getattr(model, "normalization", {}).items()},
+            "tile_m": getattr(model, "tile_m", None)}
     (directory / "config.json").write_text(json.dumps(meta, indent=1))
     if card:
         (directory / "README.md").write_text(card)
@@ -359,6 +360,7 @@ def load_pretrained(directory: str | Path) -> AnySat:
 
     model.normalization = {k: NormStats(tuple(v["mean"]), tuple(v["std"]), v.get("source", ""))
                            for k, v in meta.get("normalization", {}).items()}
+    model.tile_m = meta.get("tile_m")
     return model.eval()
 
 
@@ -385,4 +387,28 @@ def weights_hash(model: AnySat) -> str:
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    metadata = model_metadata(model)
+    if metadata:  # what else changes embeddings: the model's own statistics and tile size
+        digest.update(json.dumps(metadata, sort_keys=True).encode())
     return digest.hexdigest()[:16]
+
+
+def model_metadata(model) -> dict:
+    """What a model carries besides its weights that changes its embeddings (``normalization``,
+    ``tile_m``), as JSON-able values; empty for a plain model.
+
+    Example:
+        >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+        >>> model_metadata(model)
+        {}
+        >>> model.tile_m = 160
+        >>> model_metadata(model)
+        {'tile_m': 160}
+    """
+    out = {}
+    stats = getattr(model, "normalization", None) or {}
+    if stats:
+        out["normalization"] = {k: {"mean": list(v.mean), "std": list(v.std)} for k, v in sorted(stats.items())}
+    if getattr(model, "tile_m", None):
+        out["tile_m"] = model.tile_m
+    return out

@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
         task.set_defaults(run=_run_finetune, freeze=name == "probe")
     evaluate = sub.add_parser("evaluate", help="linear probes of a saved model against random weights")
     evaluate.add_argument("--model", required=True, help="a directory written by save_pretrained")
-    evaluate.add_argument("--run", help="the pretraining run directory: also write the model card "
+    evaluate.add_argument("--card", metavar="RUN_DIR", help="the pretraining run directory: also write the model card "
                           "(MODEL/README.md: data, settings, loss curve, collapse monitor, these probes)")
     evaluate.set_defaults(run=_run_evaluate)
     return parser
@@ -161,10 +161,10 @@ def _run_evaluate(args) -> int:
 
     results = table(compare(args.model))
     print(results)
-    if args.run:
+    if args.card:
         from xanysat.pretraining import write_model_card
 
-        _say(f"wrote {write_model_card(args.run, args.model, results)}")
+        _say(f"wrote {write_model_card(args.card, args.model, results)}")
     return EXIT_OK
 
 

@@ -142,7 +142,8 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
         output: ``"patch"`` (one vector per patch), ``"tile"`` (one per tile, on a coarse
             grid) or ``"dense"`` (one per sub-patch of ``output_modality``: ``[patch, sub-patch]``).
         model: an ``AnySat``, a ``load_model`` name or directory, or None (``load_model()``).
-        tile_size: the model's context in metres (default: up to 32 x 32 patches).
+        tile_size: the model's context in metres (default: the tile size the model was trained
+            on where it records one, as the shipped default does, else up to 32 x 32 patches).
         overlap: halo in metres around each tile, cropped after the forward (removes seams).
         batch_size: tiles per forward.
         device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
@@ -206,18 +207,20 @@ def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch
     """
     names = tuple(cube.sensors)
     offset, extent = _window(cube, window)
+    ref = ref or model_ref(model, device=device, dtype=dtype)
+    check_model_sensors(ref, names)
+    preferred = model_tile_m(ref)
     tile_bytes = None
     if block_tiles is None:
         geometry0 = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size,
-                                  overlap=overlap, block_tiles=1, output_modality=output_modality)
+                                  overlap=overlap, block_tiles=1, output_modality=output_modality,
+                                  preferred_tile_m=preferred)
         tile_bytes = sum(_window_bytes(s, geometry0.tile_m, overlap) for s in cube.sensors.values())
     geometry = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
                              block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
-                             offset_m=offset)
+                             offset_m=offset, preferred_tile_m=preferred)
     if output == "dense":
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
-    ref = ref or model_ref(model, device=device, dtype=dtype)
-    check_model_sensors(ref, names)
     features = _features(ref) * (2 if output == "dense" else 1)
     stats = resolve_normalization(names, normalize, _model_stats(ref))
     plans, arrays = [], {}
@@ -281,6 +284,19 @@ def check_model_sensors(ref: ModelRef, sensors) -> None:
                      "xanysat.stac.load(items, sensors={'s1-asc': '<collection>'})")
         raise ModalityError(f"the model {ref.model_id!r} has no projector for {', '.join(missing)}; "
                             f"it knows {', '.join(known)}{hint}.")
+
+
+def model_tile_m(ref: ModelRef) -> float | None:
+    """The tile side (metres) the model was trained on, when it records one (``model.tile_m``).
+
+    Example:
+        >>> from xanysat.runtime import model_ref
+        >>> model_tile_m(model_ref("untrained-tiny", device="cpu")) is None
+        True
+    """
+    from xanysat.runtime import get_model
+
+    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "tile_m", None)
 
 
 def _features(ref: ModelRef) -> int:

@@ -126,17 +126,19 @@ def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
     names = tuple(cube.sensors)
     tile_size, overlap = options.get("tile_size"), options.get("overlap", 0)
     output_modality, block_tiles = options.get("output_modality"), options.get("block_tiles")
+    ref = model_ref(options.get("model"), device=options.get("device", "auto"), dtype=options.get("dtype"))
+    cpu_model = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
     tile_bytes = None
     if block_tiles is None:  # the same default as embed: blocks sized by their input bytes
         g0 = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                           block_tiles=1, output_modality=output_modality)
+                           block_tiles=1, output_modality=output_modality,
+                           preferred_tile_m=getattr(cpu_model, "tile_m", None))
         tile_bytes = sum(_window_bytes(s, g0.tile_m, overlap) for s in cube.sensors.values())
     g = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                      block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes)
+                      block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
+                      preferred_tile_m=getattr(cpu_model, "tile_m", None))
     if output == "dense":
         output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
-    ref = model_ref(options.get("model"), device=options.get("device", "auto"), dtype=options.get("dtype"))
-    cpu_model = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
     config = cpu_model.config
     stats = resolve_normalization(names, options.get("normalize", True), getattr(cpu_model, "normalization", {}))
     fixed = {k: v for k, v in options.items() if k != "sensor"}

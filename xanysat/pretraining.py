@@ -316,6 +316,7 @@ def pretrain_default(config=None, *, progress: bool = True, resume: bool = True,
                     resume=resume, progress=progress)
     encoder = jepa.teacher
     encoder.normalization = normalization
+    encoder.tile_m = data["tile_m"]
     return encoder
 
 
@@ -441,7 +442,7 @@ and trained on far more data; use that one where it is available.
 
 ## Training curve
 Mean loss over the first and last 100 steps: {mean_loss(log[:100]):.3f} -> {mean_loss(log[-100:]):.3f}
-(`loss.png`: total, prediction and contrastive losses, smoothed).
+(`loss.png`: the total loss and the terms trained, smoothed; the total includes the VICReg terms when they are on).
 
 Collapse monitor (teacher patch embeddings of a fixed batch): embedding std
 {float(first['teacher_std']):.4f} -> {float(last['teacher_std']):.4f}, effective rank

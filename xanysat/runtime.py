@@ -188,10 +188,11 @@ _HASHES: dict[int, tuple[tuple, str]] = {}
 
 
 def _weights_hash(model) -> str:
-    """``weights_hash``, cached while no parameter or buffer changed (tensor version counters)."""
-    from xanysat.checkpoint import weights_hash
+    """``weights_hash``, cached while no parameter, buffer (tensor version counters) or metadata changed."""
+    from xanysat.checkpoint import model_metadata, weights_hash
 
-    state = tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values())
+    state = (tuple((id(t), t._version) for t in model.state_dict(keep_vars=True).values()),
+             repr(model_metadata(model)))
     cached = _HASHES.get(id(model))
     if cached is None or cached[0] != state:
         cached = (state, weights_hash(model))

@@ -97,7 +97,7 @@ class Geometry:
 
 def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=None, overlap=0,
                   block_tiles=None, output_modality=None, tile_bytes=None, max_block_bytes=512 * 2**20,
-                  offset_m=(0.0, 0.0)) -> Geometry:
+                  offset_m=(0.0, 0.0), preferred_tile_m=None) -> Geometry:
     """Check the tiling options against the cube's sensors and build the ``Geometry``.
 
     Args:
@@ -115,6 +115,8 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
         output_modality: the sensor of dense outputs (default the first patch-level one).
         max_block_bytes: input bytes a task may read, for the default ``block_tiles``.
         offset_m: where the tile grid starts inside the cube's data.
+        preferred_tile_m: the default tile side when the model has one (``model.tile_m``: the
+            tile size it was trained on), rounded to whole patches, instead of 32 patches.
 
     Returns:
         The ``Geometry``.
@@ -152,6 +154,8 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
         raise PatchSizeError(f"{', '.join(sensors)} alone gives only a tile embedding: use output='tile'.")
     if tile_size is None:
         side = int(math.isqrt(MAX_PATCHES_PER_TILE))
+        if preferred_tile_m:
+            side = min(side, max(1, round(preferred_tile_m / patch_size)))
         tile_m = tuple(min(side, max(1, math.ceil(round(e / patch_size, 6)))) * patch_size for e in extent_m)
     else:
         tile_m = _pair(tile_size, "tile_size")

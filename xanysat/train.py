@@ -217,7 +217,9 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
             mon.writerow([config.steps, *_monitor(jepa, *monitor_batch).values()])
     if bar is not None:
         bar.close()
-    plot_losses(out / "log.csv", out / "loss.png")
+    trained = [k for k, w in (("prediction_loss", jepa.config.prediction_weight),
+                              ("contrastive_loss", jepa.config.contrastive_weight)) if w]
+    plot_losses(out / "log.csv", out / "loss.png", columns=("loss", *trained))
     return jepa
 
 
@@ -274,7 +276,8 @@ def _bar(enabled: bool, total: int, initial: int):
     return tqdm(total=total, initial=initial, desc="pretrain", unit="step")
 
 
-def plot_losses(log_csv, png, *, width: int = 640, height: int = 360) -> Path:
+def plot_losses(log_csv, png, *, width: int = 640, height: int = 360,
+                columns=("loss", "prediction_loss", "contrastive_loss")) -> Path:
     """Loss curves from ``log.csv`` as a PNG (total, prediction and contrastive; smoothed).
 
     Args:
@@ -282,6 +285,7 @@ def plot_losses(log_csv, png, *, width: int = 640, height: int = 360) -> Path:
         png: the image to write.
         width: image width in pixels.
         height: image height in pixels.
+        columns: the curves to draw (leave out a term whose weight is 0: it is logged, not trained).
 
     Returns:
         ``Path(png)``.
@@ -307,7 +311,7 @@ def plot_losses(log_csv, png, *, width: int = 640, height: int = 360) -> Path:
         out.save(png)
         return Path(png)
     steps = np.array([int(r["step"]) for r in rows])
-    series = {k: np.array([float(r[k]) for r in rows]) for k in ("loss", "prediction_loss", "contrastive_loss")}
+    series = {k: np.array([float(r[k]) for r in rows]) for k in columns}
     window = max(1, len(steps) // 50)
     smooth = {k: np.convolve(v, np.ones(window) / window, mode="valid") for k, v in series.items()}
     xs = steps[window - 1:]
