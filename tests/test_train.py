@@ -71,3 +71,15 @@ def test_toml_config(tmp_path):
     path.write_text("stepz = 7\n")
     with pytest.raises(ValueError, match="unknown settings.*stepz"):
         load_config(path)
+
+
+def test_init_from_a_saved_model_starts_student_and_teacher_there(tmp_path):
+    from xanysat.checkpoint import save_pretrained, weights_hash
+
+    first = pretrain(config(tmp_path / "a"), batches, resume=False, progress=False)
+    saved = save_pretrained(first.teacher, tmp_path / "model", model_id="a")
+    second = config(tmp_path / "b")
+    second.init_from = str(saved)
+    second.steps = 0
+    continued = pretrain(second, batches, resume=False, progress=False)
+    assert weights_hash(continued.student) == weights_hash(continued.teacher) == weights_hash(first.teacher)

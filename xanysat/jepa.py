@@ -69,6 +69,8 @@ __all__ = [
     "set_hyperparameters",
     "target_embeddings",
     "variance_covariance_loss",
+    "position_loss",
+    "position_means",
     "train_step",
     "weight_decay_at",
 ]
@@ -102,6 +104,8 @@ class JEPAConfig:
             (``variance_covariance_loss``; official: 0).
         variance_per_position: centre those tokens per grid position (content, not position,
             must vary).
+        position_weight: weight of ``position_loss`` on the student's context outputs (how much
+            of them the grid position alone explains; official: 0).
         ema_start, ema_end: teacher momentum, linear over all training steps.
         lr, weight_decay: AdamW.
 
@@ -135,6 +139,7 @@ class JEPAConfig:
     variance_weight: float = 0.0
     covariance_weight: float = 0.0
     variance_per_position: bool = False
+    position_weight: float = 0.0
     ema_start: float = 0.996
     ema_end: float = 1.0
     lr: float = 5e-5
@@ -667,15 +672,45 @@ def variance_covariance_loss(x: Tensor, *, target_std: float = 1.0, eps: float =
         centred = flat - flat.mean(0)
     else:  # centre each token on the batch mean at its grid position: position alone gives no variance
         index = positions.reshape(-1).to(flat.device)
-        n_pos = int(index.max()) + 1
-        sums = flat.new_zeros(n_pos, flat.shape[1]).index_add_(0, index, flat)
-        counts = flat.new_zeros(n_pos).index_add_(0, index, torch.ones_like(index, dtype=flat.dtype))
-        centred = flat - (sums / counts.clamp(min=1)[:, None])[index]
+        centred = flat - position_means(flat, index)[index]
     n, d = flat.shape
     cov = centred.T @ centred / max(n - 1, 1)
     variance = F.relu(target_std - torch.sqrt(cov.diagonal() + eps)).mean()
     off = cov - torch.diag_embed(cov.diagonal())
     return variance, off.pow(2).sum() / d
+
+
+def position_means(flat: Tensor, index: Tensor) -> Tensor:
+    """Mean of the rows of ``flat (N, D)`` per grid position ``index (N,)``: ``(max(index) + 1, D)``.
+
+    Example:
+        >>> position_means(torch.tensor([[1.0], [3.0], [5.0]]), torch.tensor([0, 0, 2])).tolist()
+        [[2.0], [0.0], [5.0]]
+    """
+    n_pos = int(index.max()) + 1
+    sums = flat.new_zeros(n_pos, flat.shape[1]).index_add_(0, index, flat)
+    counts = flat.new_zeros(n_pos).index_add_(0, index, torch.ones_like(index, dtype=flat.dtype))
+    return sums / counts.clamp(min=1)[:, None]
+
+
+def position_loss(x: Tensor, positions: Tensor) -> Tensor:
+    """How much of ``x (B, N, D)`` is explained by the grid position alone: the mean squared
+    distance of each position's batch mean from the batch's overall mean, over the positions
+    present and the features. Zero when position says nothing about a token.
+
+    Example:
+        >>> positions = torch.tensor([[0, 1], [0, 1]])
+        >>> by_position = torch.tensor([[[1.0], [-1.0]], [[1.0], [-1.0]]])  # the same at each position
+        >>> float(position_loss(by_position, positions)), float(position_loss(by_position.flip(0), positions))
+        (1.0, 1.0)
+        >>> float(position_loss(torch.tensor([[[1.0], [-1.0]], [[-1.0], [1.0]]]), positions))
+        0.0
+    """
+    flat = x.reshape(-1, x.shape[-1]).float()
+    index = positions.reshape(-1).to(flat.device)
+    means = position_means(flat, index)
+    present = torch.unique(index)
+    return (means[present] - flat.mean(0)).pow(2).mean()
 
 
 def jepa_loss(predictions: Tensor, targets: Tensor, tokens: Sequence[Tensor], *, tau: float = 0.1,
@@ -834,6 +869,8 @@ class JEPA(nn.Module):
             variance, covariance = variance_covariance_loss(
                 context[:, 1:], positions=masks.context if cfg.variance_per_position else None)
             loss = loss + cfg.variance_weight * variance + cfg.covariance_weight * covariance
+        if cfg.position_weight:
+            loss = loss + cfg.position_weight * position_loss(context[:, 1:], masks.context)
         return JEPAOutput(loss, losses["prediction_loss"], losses["contrastive_loss"], predictions, targets, masks)
 
 

@@ -46,6 +46,8 @@ class PretrainConfig:
         data: settings of the batch stream, for the recipe that builds it (e.g.
             ``xanysat.pretraining.pretrain_default`` reads ``data[0]``); ``pretrain`` only
             records them in ``config.json``.
+        init_from: a model directory (``save_pretrained``) whose weights start the student and
+            the teacher (continued pretraining); its architecture must match ``model``.
 
     Example:
         >>> config = PretrainConfig(model={"preset": "tiny", "embed_dim": 32, "sensors": ["s2"]},
@@ -69,6 +71,7 @@ class PretrainConfig:
     monitor_every: int = 100
     threads: int | None = None
     data: list = field(default_factory=list)
+    init_from: str | None = None
 
     def model_config(self) -> AnySatConfig:
         """The ``AnySatConfig``: the ``preset`` (default ``"tiny"``) with the other ``model`` fields."""
@@ -163,6 +166,12 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     jepa = JEPA(AnySat(config.model_config()), config.jepa_config())
+    if config.init_from:
+        from xanysat.checkpoint import load_pretrained
+
+        start_weights = load_pretrained(config.init_from).state_dict()
+        jepa.student.load_state_dict(start_weights)
+        jepa.teacher.load_state_dict(start_weights)
     jepa.train()
     optimizer = build_optimizer(jepa, lr=config.lr, weight_decay=jepa.config.weight_decay)
     generator = torch.Generator().manual_seed(config.seed + 1)
