@@ -233,10 +233,10 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
 
 def _model_normalization(model) -> dict:
     """The statistics the model carries (the default model has Sentinel-1's)."""
-    from xanysat.runtime import ModelRef, get_model, model_ref
+    from xanysat.runtime import client_model, model_ref
 
     ref = model_ref(model)
-    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "normalization", {})
+    return getattr(client_model(ref), "normalization", {})
 
 
 def _sensor_pair(text: str) -> tuple[str, str]:

@@ -25,7 +25,7 @@ import xarray as xr
 from xanysat.cube import Cube, SensorCube, as_cube
 from xanysat.modalities import MODALITIES
 from xanysat.normalization import projector_bands, resolve_normalization
-from xanysat.runtime import ModelRef, model_ref
+from xanysat.runtime import ModelRef, client_model, model_ref
 from xanysat.tiling import Geometry, make_geometry
 
 EMBEDDING = "embedding"
@@ -259,9 +259,7 @@ def _window(cube: Cube, window):
 
 
 def _model_stats(ref: ModelRef) -> dict:
-    from xanysat.runtime import get_model
-
-    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "normalization", {})
+    return getattr(client_model(ref), "normalization", {})
 
 
 def check_model_sensors(ref: ModelRef, sensors) -> None:
@@ -272,9 +270,7 @@ def check_model_sensors(ref: ModelRef, sensors) -> None:
         >>> check_model_sensors(model_ref("untrained-tiny", device="cpu"), ("s2", "naip"))  # every sensor
     """
     from xanysat.errors import ModalityError
-    from xanysat.runtime import get_model
-
-    known = tuple(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")).projectors)
+    known = tuple(client_model(ref).projectors)
     missing = [n for n in sensors if n not in known]
     if missing:
         hint = ("; select those sensors out of the cube, or use a model that has them "
@@ -294,15 +290,11 @@ def model_tile_m(ref: ModelRef) -> float | None:
         >>> model_tile_m(model_ref("untrained-tiny", device="cpu")) is None
         True
     """
-    from xanysat.runtime import get_model
-
-    return getattr(get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")), "tile_m", None)
+    return getattr(client_model(ref), "tile_m", None)
 
 
 def _features(ref: ModelRef) -> int:
-    from xanysat.runtime import get_model
-
-    return get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32")).config.embed_dim
+    return client_model(ref).config.embed_dim
 
 
 def _window_bytes(s: SensorCube, tile_m, overlap) -> int:

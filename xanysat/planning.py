@@ -117,7 +117,7 @@ def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
     """
     from xanysat.embedding import _window_bytes
     from xanysat.normalization import resolve_normalization
-    from xanysat.runtime import ModelRef, get_model, model_ref
+    from xanysat.runtime import client_model, model_ref
 
     unknown = set(options) - set(EMBED_OPTIONS)
     if unknown:
@@ -127,7 +127,7 @@ def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
     tile_size, overlap = options.get("tile_size"), options.get("overlap", 0)
     output_modality, block_tiles = options.get("output_modality"), options.get("block_tiles")
     ref = model_ref(options.get("model"), device=options.get("device", "auto"), dtype=options.get("dtype"))
-    cpu_model = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
+    cpu_model = client_model(ref)
     tile_bytes = None
     if block_tiles is None:  # the same default as embed: blocks sized by their input bytes
         g0 = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,

@@ -33,7 +33,7 @@ from xanysat.embedding import EMBEDDING, FEATURE, day_of_year
 from xanysat.errors import DimensionError, ModalityError
 from xanysat.modalities import MODALITIES, band_index, get_modality
 from xanysat.normalization import projector_bands, resolve_normalization
-from xanysat.runtime import ModelRef, model_ref
+from xanysat.runtime import ModelRef, client_model, model_ref
 
 SAMPLE = "sample"
 OBS = "obs"
@@ -347,9 +347,7 @@ def _tile_m(sensors: dict[str, _PointSensor]) -> int:
 
 
 def _check_model(ref: ModelRef, names) -> int:
-    from xanysat.runtime import get_model
-
-    model = get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
+    model = client_model(ref)
     unknown = [n for n in names if n not in model.projectors]
     if unknown:
         raise ModalityError(f"this model has no projector for {unknown}; it knows {', '.join(model.projectors)}.")

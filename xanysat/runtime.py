@@ -247,6 +247,17 @@ def get_model(ref: ModelRef) -> torch.nn.Module:
         return _MODELS[key]
 
 
+def client_model(ref: ModelRef) -> torch.nn.Module:
+    """The referenced model on the CPU in float32, as the client reads it (sensors, width,
+    statistics, tile size), cached like ``get_model``.
+
+    Example:
+        >>> client_model(model_ref("untrained-tiny", device="cpu")).config.embed_dim
+        256
+    """
+    return get_model(ModelRef(ref.source, ref.weights, ref.model_id, "cpu", "float32"))
+
+
 def _load(ref: ModelRef, device: str, dtype: str) -> torch.nn.Module:
     from xanysat.hub import load_model
 
