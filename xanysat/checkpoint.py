@@ -15,6 +15,7 @@ from torch import Tensor
 
 from xanysat.errors import CheckpointError
 from xanysat.model import AnySat, AnySatConfig
+from xanysat.training_state import load_state
 
 # (official key, xanysat key) templates, tried in order: {s} sensor, {i} block index, {r} rest,
 # {D} the combiner depth (index of the cross-attention block in the official "blocks" list).
@@ -176,7 +177,7 @@ def _read_official(source) -> dict[str, Tensor]:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"no checkpoint file at {path}.")
-        source = torch.load(path, map_location="cpu", weights_only=True)
+        source = load_state(path)
     if "state_dict" in source and isinstance(source["state_dict"], dict):
         source = source["state_dict"]
     if "cls_token" not in source:

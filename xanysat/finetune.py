@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import xarray as xr
+
+from xanysat.training_state import load_state, rng_state, save_state, set_rng_state
 
 TASKS = ("segmentation", "classification")
 
@@ -211,12 +212,10 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
     generator = torch.Generator().manual_seed(cfg.seed)
     start, checkpoint = 0, out / "checkpoint.pt"
     if resume and checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=False)
+        state = load_state(checkpoint)
         task.load_state_dict(state["task"])
         optimizer.load_state_dict(state["optimizer"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch"])
-        random.setstate(state["python"])
+        set_rng_state(state["rng"], generator)
         start = state["epoch"]
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     log_path = out / "log.csv"
@@ -255,9 +254,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
         rows.append([epoch, f"{train_loss:.5f}", f"{val_loss:.5f}", f"{accuracy:.4f}", f"{miou:.4f}"])
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerows(rows)
-        torch.save({"epoch": epoch + 1, "task": task.state_dict(), "optimizer": optimizer.state_dict(),
-                    "generator": generator.get_state(), "torch": torch.get_rng_state(), "python": random.getstate()},
-                   checkpoint)
+        save_state({"epoch": epoch + 1, "task": task.state_dict(), "optimizer": optimizer.state_dict(),
+                    "rng": rng_state(generator)}, checkpoint)
     save_task(task, out / "task", cfg, labels.attrs["classes"])
     return task, rows
 
@@ -348,6 +346,6 @@ def load_task(directory):
     encoder = load_pretrained(directory / "encoder")
     D, K = meta["embed_dim"], len(meta["classes"])
     head = SegmentationHead(2 * D, K) if meta["task"] == "segmentation" else ClassificationHead(D, K)
-    head.load_state_dict(torch.load(directory / "head.pt", weights_only=True))
+    head.load_state_dict(load_state(directory / "head.pt"))
     task = TaskModel(encoder, head, patch_size=meta["patch_size"], output_modality=meta["output_modality"], freeze=True)
     return task.eval(), meta["classes"]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import random
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch.nn.functional as F
 
 from xanysat.jepa import JEPA, JEPAConfig, build_optimizer, collapse_stats, lr_at, momentum_at, set_hyperparameters
 from xanysat.model import AnySat, AnySatConfig
+from xanysat.training_state import load_state, rng_state, save_state, set_rng_state
 
 LOG_FIELDS = ("step", "loss", "prediction_loss", "contrastive_loss", "lr", "momentum", "patch_size", "seconds")
 MONITOR_FIELDS = ("step", "teacher_std", "teacher_effective_rank", "teacher_within_tile_std")
@@ -243,24 +243,15 @@ def _monitor(jepa: JEPA, batch, patch_size) -> dict[str, float]:
 
 
 def _save(path: Path, jepa: JEPA, optimizer, generator: torch.Generator, step: int) -> None:
-    state = {
-        "step": step, "jepa": jepa.state_dict(), "optimizer": optimizer.state_dict(),
-        "generator": generator.get_state(), "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(), "python": random.getstate(),
-    }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    save_state({"step": step, "jepa": jepa.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng_state(generator)}, path)
 
 
 def _restore(path: Path, jepa: JEPA, optimizer, generator: torch.Generator, config: PretrainConfig) -> int:
-    state = torch.load(path, weights_only=False)
+    state = load_state(path)
     jepa.load_state_dict(state["jepa"])
     optimizer.load_state_dict(state["optimizer"])
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    set_rng_state(state["rng"], generator)
     _truncate_logs(path.parent, state["step"])
     return int(state["step"])
 
