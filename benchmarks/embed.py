@@ -80,7 +80,7 @@ def make_model(name: str):
     import torch
 
     import xanysat
-    from xanysat.runtime import get_model, model_ref
+    from xanysat.cube.runtime import get_model, model_ref
 
     if name == "base":
         with torch.random.fork_rng():
@@ -93,7 +93,7 @@ def make_model(name: str):
 
 
 class Timers:
-    """Time spent inside the embedding tasks (``xanysat.blocks.run_block``, monkeypatched) and
+    """Time spent inside the embedding tasks (``xanysat.cube.blocks.run_block``, monkeypatched) and
     inside the model's forwards (the model's own ``forward``: lock waits excluded)."""
 
     def __init__(self):
@@ -101,7 +101,7 @@ class Timers:
         self.tasks = self.forwards = 0
 
     def install(self, model):
-        from xanysat import blocks
+        from xanysat.cube import blocks
 
         run_block, forward = blocks.run_block, model.forward
 
@@ -151,7 +151,7 @@ def bare_batches(cube, emb, spec):
     import torch
 
     from xanysat import MODALITIES
-    from xanysat.embedding import day_of_year
+    from xanysat.cube.embed import day_of_year
 
     m = MODALITIES["s2"]
     x = cube[list(m.bands)].to_dataarray("band").transpose("time", "band", "y", "x").values.astype("float32")

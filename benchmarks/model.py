@@ -26,7 +26,7 @@ MATMUL_PEAK_GFLOPS = {torch.float32: 165.0, torch.bfloat16: 370.0}  # plain 2-th
 
 
 def treesatai_batch(batch_size: int) -> dict[str, torch.Tensor]:
-    from xanysat.sample_data import treesatai_tile
+    from xanysat.cube.sample_data import treesatai_tile
 
     tile = treesatai_tile()["batch"]
     return {k: v.expand(batch_size, *v.shape[1:]).contiguous() for k, v in tile.items()}

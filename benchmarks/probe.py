@@ -3,7 +3,7 @@
     python benchmarks/probe.py --model xanysat/data/models/default
 """
 
-from xanysat.evaluation import main
+from xanysat.apps.evaluation import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

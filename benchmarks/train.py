@@ -1,8 +1,8 @@
 """JEPA training throughput (samples/s) and peak memory, per configuration, each in a fresh process.
 
 Batches of synthetic Sentinel-2 + Sentinel-1 tiles (``--tile`` metres, ``--dates`` dates) at
-patch 20 m through ``xanysat.jepa.JEPA`` (student, EMA teacher, predictor, both losses,
-AdamW step), as ``xanysat.train.pretrain`` runs them.
+patch 20 m through ``xanysat.train.jepa.JEPA`` (student, EMA teacher, predictor, both losses,
+AdamW step), as ``xanysat.train.loop.pretrain`` runs them.
 
     python benchmarks/train.py                    # tiny and base, CPU, 2 threads
     python benchmarks/train.py --configs tiny --steps 20 --device cuda
@@ -17,8 +17,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from xanysat.jepa import JEPA, JEPAConfig, build_optimizer
-from xanysat.model import AnySat, AnySatConfig
+from xanysat.train.jepa import JEPA, JEPAConfig, build_optimizer
+from xanysat.nn.encoder import AnySat, AnySatConfig
 from xanysat.testing import synthetic_batch
 args = json.loads(sys.argv[1])
 torch.set_num_threads(args["threads"])

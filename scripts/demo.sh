@@ -3,4 +3,4 @@
 # Arguments are passed on: bash scripts/demo.sh --out results/demo --model base
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_setup.sh"
-exec "$VENV_PYTHON" -m xanysat.demo "$@"
+exec "$VENV_PYTHON" -m xanysat.apps.demo "$@"

@@ -19,7 +19,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import torch
 import xarray as xr
 
-from xanysat.modalities import MODALITIES
+from xanysat.sensors.table import MODALITIES
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 WORLDCEREAL = FIXTURES / "real" / "worldcereal" / "worldcereal_preprocessed_inputs.nc"
@@ -28,7 +28,7 @@ WORLDCEREAL_NODATA = 65535
 
 @functools.lru_cache(maxsize=1)
 def tiny_model():
-    from xanysat.hub import load_model
+    from xanysat.nn.hub import load_model
 
     return load_model("untrained-tiny")
 

@@ -5,13 +5,13 @@ Import them into ``tests/conftest.py``::
     from stac_fixtures import sample_catalog, stac_api, stac_api_pgstac, t29unu_catalog  # noqa: F401
 
 - ``sample_catalog``: :class:`~pathlib.Path` of a catalogue written once per session by
-  ``xanysat.sample_catalog.write_sample_catalog`` from the shipped WorldCereal cube
+  ``xanysat.stac.sample_catalog.write_sample_catalog`` from the shipped WorldCereal cube
   (Planetary Computer layout: ``sentinel-2-l2a`` and ``sentinel-1-rtc``, 12 items each).
 - ``stac_api``: URL of a live ``rustac serve`` (memory backend) over ``sample_catalog``.
   The memory backend returns **no items** for any ``query`` or ``filter``.
 - ``stac_api_pgstac``: URL of ``rustac serve --pgstac`` on a throw-away PostgreSQL with
   pgstac, where ``query`` and CQL2 filters work; skipped when PostgreSQL, PostGIS or
-  ``pypgstac`` is missing (``xanysat.stac_server.pgstac_unavailable()`` says which).
+  ``pypgstac`` is missing (``xanysat.stac.server.pgstac_unavailable()`` says which).
 - ``t29unu_catalog``: a catalogue of a real Sentinel-2 L2A crop in Earth Search layout;
   skipped without the shared fixtures.
 
@@ -24,8 +24,8 @@ import socket
 
 import pytest
 
-from xanysat.sample_catalog import T29UNU_SAFE, write_sample_catalog
-from xanysat.stac_server import pgstac_unavailable, serve
+from xanysat.stac.sample_catalog import T29UNU_SAFE, write_sample_catalog
+from xanysat.stac.server import pgstac_unavailable, serve
 
 
 def port_is_open(url: str) -> bool:

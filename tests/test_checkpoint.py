@@ -7,8 +7,8 @@ import torch
 
 from tests.conftest import PARITY, load_fixture
 from xanysat import AnySat, AnySatConfig, CheckpointError
-from xanysat.checkpoint import load_official, load_pretrained, save_pretrained, to_official_state_dict, weights_hash
-from xanysat.hub import ANYSAT_FILE, ANYSAT_REPO, load_model, official_checkpoint_path
+from xanysat.nn.checkpoint import load_official, load_pretrained, save_pretrained, to_official_state_dict, weights_hash
+from xanysat.nn.hub import ANYSAT_FILE, ANYSAT_REPO, load_model, official_checkpoint_path
 
 
 def _released_keys():
@@ -107,7 +107,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(CheckpointError, match="huggingface-cli download g-astruc/AnySat models/AnySat.pth"):
         load_model("base", cache_dir=tmp_path / "empty", local_files_only=True)
-    from xanysat import hub
+    from xanysat.nn import hub
 
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "no-default")
     with pytest.warns(UserWarning, match="untrained-tiny"):
@@ -131,7 +131,7 @@ def test_untrained_tiny_is_deterministic():
 
 
 def test_default_model_missing_is_a_clear_error(monkeypatch, tmp_path):
-    import xanysat.hub as hub
+    import xanysat.nn.hub as hub
     from xanysat import CheckpointError
 
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "none")
@@ -140,9 +140,9 @@ def test_default_model_missing_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_default_model_is_used_when_base_is_absent(monkeypatch, tmp_path):
-    import xanysat.hub as hub
-    from xanysat.checkpoint import save_pretrained
-    from xanysat.modalities import NormStats
+    import xanysat.nn.hub as hub
+    from xanysat.nn.checkpoint import save_pretrained
+    from xanysat.sensors.table import NormStats
 
     model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "s1-asc")))
     model.normalization = {"s1-asc": NormStats((0.1, 0.02), (0.05, 0.01), "test")}
@@ -155,7 +155,7 @@ def test_default_model_is_used_when_base_is_absent(monkeypatch, tmp_path):
 
 def test_the_shipped_default_model():
     """The package carries its pretrained default: small, safetensors, with its statistics and card."""
-    from xanysat.hub import DEFAULT_DIR
+    from xanysat.nn.hub import DEFAULT_DIR
 
     files = {p.name: p.stat().st_size for p in DEFAULT_DIR.iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "loss.png"} <= set(files)

@@ -16,8 +16,8 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from rasterio.transform import Affine
 
-from xanysat.modalities import MODALITIES
-from xanysat.stac_server import free_port, serve
+from xanysat.sensors.table import MODALITIES
+from xanysat.stac.server import free_port, serve
 
 MODEL = ["--model", "untrained-tiny"]
 BOTH = ["sentinel-2-l2a", "sentinel-1-rtc"]

@@ -6,7 +6,7 @@ import xarray as xr
 from cubes import node
 
 import xanysat
-from xanysat.cube import as_cube
+from xanysat.cube.read import as_cube
 from xanysat.errors import (
     AnySatInputError,
     DimensionError,

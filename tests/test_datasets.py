@@ -14,10 +14,10 @@ from cubes import WORLDCEREAL, crop, doy, normalise, sensor_numpy, worldcereal_t
 from torch.utils.data import DataLoader
 
 import xanysat
-from xanysat.datasets import IGNORE_INDEX, CubeDataset, IterableCubeDataset, PointDataset, collate
+from xanysat.loaders.datasets import IGNORE_INDEX, CubeDataset, IterableCubeDataset, PointDataset, collate
 from xanysat.errors import DimensionError
-from xanysat.modalities import MODALITIES
-from xanysat.samplers import GridTileSampler, RandomTileSampler, TileQuery
+from xanysat.sensors.table import MODALITIES
+from xanysat.loaders.samplers import GridTileSampler, RandomTileSampler, TileQuery
 from xanysat.testing import synthetic_cube
 
 MODEL = "untrained-tiny"

@@ -10,7 +10,7 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from PIL import Image
 
-from xanysat.demo import CAPTION_PX, GAP_PX, PANEL_PX
+from xanysat.apps.demo import CAPTION_PX, GAP_PX, PANEL_PX
 
 REPO_ROOT = Path(__file__).parents[1]
 
@@ -19,7 +19,7 @@ REPO_ROOT = Path(__file__).parents[1]
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     result = subprocess.run(
-        [sys.executable, "-m", "xanysat.demo", "--out", str(out)],
+        [sys.executable, "-m", "xanysat.apps.demo", "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, f"demo failed:\n{result.stdout}\n{result.stderr}"

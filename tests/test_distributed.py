@@ -23,7 +23,7 @@ import dask.array as da
 import torch
 
 import xanysat
-from xanysat import runtime
+from xanysat.cube import runtime
 from xanysat.testing import synthetic_cube
 
 TIMEOUT_S = 120  # per computation on the cluster

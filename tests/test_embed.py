@@ -23,7 +23,7 @@ from cubes import (
 )
 
 import xanysat
-from xanysat.modalities import MODALITIES
+from xanysat.sensors.table import MODALITIES
 from xanysat.testing import synthetic_cube
 
 MODEL = "untrained-tiny"
@@ -342,7 +342,7 @@ def test_output_metadata(s2_cube):
     np.testing.assert_allclose(emb["x"], t.c + t.a * (np.arange(emb.sizes["x"]) + 0.5))  # cell centres
     np.testing.assert_allclose(emb["y"], t.f + t.e * (np.arange(emb.sizes["y"]) + 0.5))
     model = tiny_model()
-    from xanysat.checkpoint import weights_hash
+    from xanysat.nn.checkpoint import weights_hash
 
     assert emb.attrs["model_id"] == model.model_id
     assert emb.attrs["weights_sha256_16"] == weights_hash(model)
@@ -491,7 +491,7 @@ def test_worldcereal_nodata_dates_are_left_out(worldcereal_part):
 
 
 def test_treesatai_equals_the_official_batch():
-    from xanysat.sample_data import _S1_DEMO_NORM, treesatai_tile
+    from xanysat.cube.sample_data import _S1_DEMO_NORM, treesatai_tile
 
     raw = treesatai_tile(normalize=False)
     _, _, x0, _, _, y0 = raw["transform"]
@@ -526,7 +526,7 @@ def test_sensor_without_projector_fails_before_any_task():
 
 def test_a_model_trained_on_small_tiles_embeds_on_them_by_default(tmp_path):
     from xanysat import AnySat, AnySatConfig
-    from xanysat.checkpoint import save_pretrained
+    from xanysat.nn.checkpoint import save_pretrained
 
     torch.manual_seed(0)
     model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))).eval()

@@ -9,7 +9,7 @@ import pytest
 import rasterio
 import torch
 
-from xanysat.finetune import FinetuneConfig, finetune, load_task
+from xanysat.apps.finetune import FinetuneConfig, finetune, load_task
 
 LABELS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "real" / "worldcereal" / "worldcereal_cropland_classification.nc"
 pytestmark = pytest.mark.skipif(not LABELS.is_file(), reason="shared WorldCereal fixtures absent")

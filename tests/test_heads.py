@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from xanysat import AnySat, AnySatConfig, Modality
-from xanysat.heads import (
+from xanysat.nn.heads import (
     ClassificationHead,
     SegmentationHead,
     TaskModel,
@@ -18,8 +18,8 @@ from xanysat.heads import (
     task_loss,
     train_only_projectors,
 )
-from xanysat.jepa import build_optimizer
-from xanysat.modalities import MODALITIES
+from xanysat.train.jepa import build_optimizer
+from xanysat.sensors.table import MODALITIES
 from xanysat.testing import synthetic_batch
 
 D = 32

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from xanysat import AnySat, AnySatConfig
-from xanysat.jepa import (
+from xanysat.train.jepa import (
     JEPA,
     JEPAConfig,
     Predictor,
@@ -376,7 +376,7 @@ def test_full_jepa_step_decreases_loss():
 
 
 def test_variance_covariance_loss_by_hand():
-    from xanysat.jepa import variance_covariance_loss
+    from xanysat.train.jepa import variance_covariance_loss
 
     x = torch.randn(2, 5, 3, generator=gen(3), dtype=torch.float64)
     rows = x.reshape(10, 3).tolist()
@@ -390,7 +390,7 @@ def test_variance_covariance_loss_by_hand():
 
 def test_jepa_regulariser_weights_enter_the_loss():
     from xanysat import AnySat, AnySatConfig
-    from xanysat.jepa import JEPA, JEPAConfig
+    from xanysat.train.jepa import JEPA, JEPAConfig
     from xanysat.testing import synthetic_batch
 
     config = AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))
@@ -418,7 +418,7 @@ def test_target_embeddings_position_norm_removes_what_every_sample_shares_at_a_p
 
 
 def test_variance_per_position_ignores_positional_spread():
-    from xanysat.jepa import variance_covariance_loss
+    from xanysat.train.jepa import variance_covariance_loss
 
     grid = torch.arange(8.0)[:, None].repeat(1, 3) * 2  # each position its own vector, no content
     x = grid[None].repeat(4, 1, 1)  # (B=4, N=8, D=3): every sample identical

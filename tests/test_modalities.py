@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from xanysat.errors import AnySatInputError, DimensionError, ModalityError
-from xanysat.modalities import MODALITIES, Modality, StacSource, band_index
+from xanysat.sensors.table import MODALITIES, Modality, StacSource, band_index
 
 SENSORS = sorted(MODALITIES)
 CONFIG = Path(__file__).parents[2] / "shared" / "fixtures" / "parity" / "tiny_config.json"
@@ -225,11 +225,11 @@ def test_aliases_never_shadow_another_band(name):
 
 
 def test_import_does_not_need_torch():
-    code = "import sys, xanysat.modalities; sys.exit('torch' in sys.modules)"
+    code = "import sys, xanysat.sensors.table; sys.exit('torch' in sys.modules)"
     path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
     env = {**os.environ, "PYTHONPATH": path}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, (
-        "importing xanysat.modalities imported torch; the table must stay importable without it "
+        "importing xanysat.sensors.table imported torch; the table must stay importable without it "
         f"(xanysat/__init__.py has to import torch-dependent modules lazily)\n{result.stderr}"
     )

@@ -7,7 +7,7 @@ import torch
 
 from tests.conftest import PARITY, load_fixture
 from xanysat import AnySat
-from xanysat.checkpoint import config_from_official
+from xanysat.nn.checkpoint import config_from_official
 
 OUTPUTS = load_fixture("expected_outputs.pt") if PARITY.is_dir() else {}
 EXTRA = load_fixture("expected_extra_cases.pt") if PARITY.is_dir() else {"outputs": {}}

@@ -21,8 +21,8 @@ import xarray as xr
 
 import xanysat
 from xanysat.errors import DimensionError, ModalityError
-from xanysat.modalities import MODALITIES
-from xanysat.points import embed_points
+from xanysat.sensors.table import MODALITIES
+from xanysat.cube.points import embed_points
 
 MODEL = "untrained-tiny"
 S2 = MODALITIES["s2"]

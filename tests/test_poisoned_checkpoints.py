@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xanysat.errors import CheckpointError
-from xanysat.training_state import load_state
+from xanysat.nn.state import load_state
 
 
 class Payload:
@@ -40,8 +40,8 @@ def test_training_state_refuses_payload(tmp_path):
 
 
 def test_official_loader_refuses_payload(tmp_path):
-    from xanysat.checkpoint import load_official
-    from xanysat.model import AnySatConfig
+    from xanysat.nn.checkpoint import load_official
+    from xanysat.nn.encoder import AnySatConfig
 
     marker = tmp_path / "ran"
     path = poison(tmp_path / "AnySat.pth", marker, state_dict={})
@@ -51,7 +51,7 @@ def test_official_loader_refuses_payload(tmp_path):
 def test_pretrain_resume_refuses_payload(tmp_path):
     from test_train import batches, config
 
-    from xanysat.train import pretrain
+    from xanysat.train.loop import pretrain
 
     out = tmp_path / "run"
     pretrain(config(out), batches, resume=False, progress=False, stop_after=2)
@@ -74,7 +74,7 @@ def test_finetune_resume_and_saved_head_refuse_payload(tmp_path):
 
     if not LABELS.is_file():
         pytest.skip("shared WorldCereal fixtures absent")
-    from xanysat.finetune import finetune, load_task
+    from xanysat.apps.finetune import finetune, load_task
 
     out = tmp_path / "probe"
     finetune(config(out, epochs=1), resume=False)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from xanysat.evaluation import average_precision, fit_logistic
-from xanysat.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files,
+from xanysat.apps.evaluation import average_precision, fit_logistic
+from xanysat.apps.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files,
                                  fit_default_normalization, worldcereal_cube)
 
 
@@ -64,9 +64,9 @@ def test_average_precision_and_probe_by_hand():
 def test_model_card_reports_the_run(tmp_path):
     from test_train import batches, config
 
-    from xanysat.checkpoint import save_pretrained
-    from xanysat.pretraining import write_model_card
-    from xanysat.train import pretrain
+    from xanysat.nn.checkpoint import save_pretrained
+    from xanysat.apps.pretraining import write_model_card
+    from xanysat.train.loop import pretrain
 
     jepa = pretrain(config(tmp_path / "run"), batches, resume=False, progress=False)
     save_pretrained(jepa.teacher, tmp_path / "model", model_id="card-test")
@@ -76,7 +76,7 @@ def test_model_card_reports_the_run(tmp_path):
 
 
 def test_select_weight_decay_uses_only_the_training_folds():
-    from xanysat.evaluation import select_weight_decay
+    from xanysat.apps.evaluation import select_weight_decay
 
     rng = np.random.default_rng(1)
     x = rng.normal(size=(60, 20))
@@ -93,7 +93,7 @@ def test_select_weight_decay_uses_only_the_training_folds():
 
 
 def test_cli_pretrain_from_a_toml_on_the_real_cubes(tmp_path, worldcereal, monkeypatch):
-    import xanysat.pretraining as recipe
+    import xanysat.apps.pretraining as recipe
     from xanysat.cli import main
 
     monkeypatch.setattr(recipe, "default_cubes", lambda: [worldcereal])

@@ -1,7 +1,7 @@
 """The local STAC catalogue of real imagery and the live rustac STAC API over it.
 
 Ground truth is the WorldCereal NetCDF decoded here with xarray (independently of
-``xanysat.sample_catalog``, which reads it with h5py) and the Sentinel-2 JPEG2000 files of
+``xanysat.stac.sample_catalog``, which reads it with h5py) and the Sentinel-2 JPEG2000 files of
 the shared T29UNU product. Fixtures: ``tests/stac_fixtures.py``.
 """
 
@@ -21,15 +21,15 @@ import rasterio
 import xarray as xr
 from stac_fixtures import port_is_open
 
-from xanysat.modalities import MODALITIES
-from xanysat.sample_catalog import (
+from xanysat.sensors.table import MODALITIES
+from xanysat.stac.sample_catalog import (
     T29UNU_SAFE,
     T29UNU_WINDOW,
     WORLDCEREAL_NC,
     catalog_hrefs,
     write_sample_catalog,
 )
-from xanysat.stac_server import serve
+from xanysat.stac.server import serve
 
 NODATA = 65535
 # Cube bounds and pixel centres (EPSG:32631, 10 m).

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from xanysat.sample_data import treesatai_tile
+from xanysat.cube.sample_data import treesatai_tile
 
 FIXTURES = Path(__file__).parents[1].parent / "shared" / "fixtures"
 PARITY_INPUT = FIXTURES / "parity" / "input.pt"

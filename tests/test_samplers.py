@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from xanysat.cube import as_cube
-from xanysat.samplers import (
+from xanysat.cube.read import as_cube
+from xanysat.loaders.samplers import (
     GridTileSampler,
     MultiDatasetSampler,
     RandomTileSampler,
@@ -199,8 +199,8 @@ def test_multi_dataset_weights_set_the_proportions_and_patch_sizes_are_uniform()
 
 
 def test_multi_dataset_batches_feed_the_model():
-    from xanysat.datasets import CubeDataset
-    from xanysat.hub import load_model
+    from xanysat.loaders.datasets import CubeDataset
+    from xanysat.nn.hub import load_model
 
     small = synthetic_cube(("s2",), extent_m=80, n_dates=2)
     large = synthetic_cube(("s2",), extent_m=(120, 240), n_dates=3, seed=1)

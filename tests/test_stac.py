@@ -1,6 +1,6 @@
 """``xanysat.stac`` against a live local STAC API over real imagery (no mocks).
 
-The APIs are ``rustac serve`` over catalogues written by ``xanysat.sample_catalog`` (fixtures in
+The APIs are ``rustac serve`` over catalogues written by ``xanysat.stac.sample_catalog`` (fixtures in
 ``tests/stac_fixtures.py``), or over modified copies written here into temporary directories
 (another baseline, another CRS, a missing or corrupt asset, an unknown collection). Ground
 truth is read independently: the WorldCereal NetCDF with xarray, COGs with rasterio.
@@ -23,9 +23,9 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 import xanysat
 from xanysat import stac
 from xanysat.errors import StacError
-from xanysat.sample_catalog import WORLDCEREAL_NC, worldcereal_s1_linear
-from xanysat.stac_server import free_port, serve
-from xanysat.viz import save_png
+from xanysat.stac.sample_catalog import WORLDCEREAL_NC, worldcereal_s1_linear
+from xanysat.stac.server import free_port, serve
+from xanysat.cube.maps import save_png
 
 NODATA = 65535
 WEST, NORTH = 664000.0, 5612120.0
@@ -278,7 +278,7 @@ def test_planetary_computer_baseline_offset(sample_catalog, truth, tmp_path):
         assert np.array_equal(da[1], np.maximum(july - 1000, 0), equal_nan=True)
         assert np.array_equal(da[2], np.maximum(august - 1000, 0), equal_nan=True)
         assert (july < 1000).any()  # the clip matters
-    pc = stac.MODALITIES["s2"].stac[0]
+    pc = xanysat.MODALITIES["s2"].stac[0]
     shifts = {i.properties["s2:processing_baseline"]: stac.baseline_shift(i, pc) for i in items}
     assert shifts == {old["properties"]["s2:processing_baseline"]: 0.0, "04.00": -1000.0, "05.09": -1000.0}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from xanysat.errors import AnySatInputError, DimensionError, ModalityError, PatchSizeError
-from xanysat.modalities import MODALITIES
+from xanysat.sensors.table import MODALITIES
 from xanysat.testing import supported_patch_sizes, synthetic_batch
 
 SENSORS = sorted(MODALITIES)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from xanysat.testing import synthetic_batch
-from xanysat.train import PretrainConfig, load_config, plot_losses, pretrain
+from xanysat.train.loop import PretrainConfig, load_config, plot_losses, pretrain
 
 MODEL = {"preset": "tiny", "embed_dim": 32, "depth": 1, "num_heads": 2, "sensors": ["s2", "s1-asc"]}
 JEPA = {"predictor_depth": 1, "predictor_heads": 2}
@@ -74,7 +74,7 @@ def test_toml_config(tmp_path):
 
 
 def test_init_from_a_saved_model_starts_student_and_teacher_there(tmp_path):
-    from xanysat.checkpoint import save_pretrained, weights_hash
+    from xanysat.nn.checkpoint import save_pretrained, weights_hash
 
     first = pretrain(config(tmp_path / "a"), batches, resume=False, progress=False)
     saved = save_pretrained(first.teacher, tmp_path / "model", model_id="a")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from xanysat.errors import DimensionError
-from xanysat.viz import pca_rgb, percentile_stretch
+from xanysat.cube.maps import pca_rgb, percentile_stretch
 
 
 def _embedded_gradient_cube(n: int = 8, dim: int = 16) -> np.ndarray:

@@ -18,8 +18,8 @@ from dask.core import flatten
 from test_plan import S1_STATS, continental_cube
 
 import xanysat
-import xanysat.blocks
-from xanysat import io
+import xanysat.cube.blocks
+from xanysat.cube import zarr as io
 from xanysat.testing import synthetic_cube
 
 MODEL = "untrained-tiny"
@@ -49,7 +49,7 @@ def reference(cube):
 def counting(monkeypatch):
     """Count block computations per (region, block) and region writes (successful or not)."""
     state = {"region": None, "blocks": Counter(), "writes": Counter(), "fail_at": None, "calls": 0}
-    run_block, write_region = xanysat.blocks.run_block, io.write_region
+    run_block, write_region = xanysat.cube.blocks.run_block, io.write_region
 
     def counted_run_block(job, block, chunk_grids):
         state["calls"] += 1
@@ -63,7 +63,7 @@ def counting(monkeypatch):
         write_region(job, store, region, **kwargs)
         state["writes"][region] += 1
 
-    monkeypatch.setattr(xanysat.blocks, "run_block", counted_run_block)
+    monkeypatch.setattr(xanysat.cube.blocks, "run_block", counted_run_block)
     monkeypatch.setattr(io, "write_region", counted_write_region)
     return state
 

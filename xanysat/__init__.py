@@ -8,14 +8,14 @@ from importlib import import_module
 from xanysat.errors import (
     AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError, StacError,
 )
-from xanysat.modalities import MODALITIES, Modality
+from xanysat.sensors.table import MODALITIES, Modality
 
 import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
 
 _LAZY = {
-    "AnySat": "xanysat.model", "AnySatConfig": "xanysat.model", "load_model": "xanysat.hub",
-    "embed": "xanysat.embedding", "fit_normalization": "xanysat.normalization", "plan": "xanysat.planning",
-    "embed_to_zarr": "xanysat.io", "embed_points": "xanysat.points", "predict": "xanysat.prediction",
+    "AnySat": "xanysat.nn.encoder", "AnySatConfig": "xanysat.nn.encoder", "load_model": "xanysat.nn.hub",
+    "embed": "xanysat.cube.embed", "fit_normalization": "xanysat.cube.normalize", "plan": "xanysat.cube.plan",
+    "embed_to_zarr": "xanysat.cube.zarr", "embed_points": "xanysat.cube.points", "predict": "xanysat.cube.predict",
 }
 
 __all__ = [

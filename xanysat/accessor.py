@@ -1,7 +1,7 @@
 """The ``.anysat`` accessor on DataTree, Dataset and DataArray: forwarding only.
 
 ``ds.anysat.embed(...)`` is ``xanysat.embed(ds, ...)``; on an embedding cube,
-``emb.anysat.pca_rgb()`` and ``emb.anysat.similarity(...)`` are ``xanysat.viz`` functions.
+``emb.anysat.pca_rgb()`` and ``emb.anysat.similarity(...)`` are ``xanysat.cube.maps`` functions.
 """
 
 from __future__ import annotations
@@ -60,35 +60,35 @@ class AnySatAccessor:
     def embed(self, *args, **kwargs):
         """Same as ``xanysat.embed(obj, ...)``; for point samples (a ``sample`` dim), the same
         as ``xanysat.embed_points(obj, ...)``."""
-        from xanysat.embedding import embed
-        from xanysat.points import embed_points
+        from xanysat.cube.embed import embed
+        from xanysat.cube.points import embed_points
 
         if not isinstance(self._obj, xr.DataTree) and "sample" in self._obj.dims:
             return embed_points(self._obj, *args, **kwargs)
         return embed(self._obj, *args, **kwargs)
 
-    @_forward("xanysat.prediction.predict")
+    @_forward("xanysat.cube.predict.predict")
     def predict(self, *args, **kwargs): ...
 
-    @_forward("xanysat.points.embed_points")
+    @_forward("xanysat.cube.points.embed_points")
     def embed_points(self, *args, **kwargs): ...
 
-    @_forward("xanysat.planning.plan")
+    @_forward("xanysat.cube.plan.plan")
     def plan(self, *args, **kwargs): ...
 
-    @_forward("xanysat.io.embed_to_zarr")
+    @_forward("xanysat.cube.zarr.embed_to_zarr")
     def embed_to_zarr(self, *args, **kwargs): ...
 
-    @_forward("xanysat.normalization.fit_normalization")
+    @_forward("xanysat.cube.normalize.fit_normalization")
     def fit_normalization(self, *args, **kwargs): ...
 
-    @_forward("xanysat.viz.pca_rgb_map")
+    @_forward("xanysat.cube.maps.pca_rgb_map")
     def pca_rgb(self, *args, **kwargs): ...
 
-    @_forward("xanysat.viz.similarity")
+    @_forward("xanysat.cube.maps.similarity")
     def similarity(self, *args, **kwargs): ...
 
-    @_forward("xanysat.viz.save_png")
+    @_forward("xanysat.cube.maps.save_png")
     def to_png(self, *args, **kwargs): ...
 
 

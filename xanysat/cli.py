@@ -115,8 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="sensors, models and versions")
     info.set_defaults(run=_run_info)
     pre = sub.add_parser("pretrain", help="JEPA pretraining on the real sample cubes (resumable)")
-    pre.add_argument("--config", help="TOML file of xanysat.train.PretrainConfig settings (default: the shipped "
-                     "default's recipe, xanysat.pretraining.DEFAULT_CONFIG)")
+    pre.add_argument("--config", help="TOML file of xanysat.train.loop.PretrainConfig settings (default: the shipped "
+                     "default's recipe, xanysat.apps.pretraining.DEFAULT_CONFIG)")
     pre.add_argument("--out", help="run directory (checkpoints, log.csv, loss.png, model/); overrides out_dir")
     pre.add_argument("--steps", type=int, help="overrides the config's steps (default recipe: 800)")
     pre.add_argument("--threads", type=int)
@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, helptext in (("finetune", "fine-tune encoder and head on a cube and a label raster (resumable)"),
                            ("probe", "linear probing: train a head on a frozen encoder (resumable)")):
         task = sub.add_parser(name, help=helptext)
-        task.add_argument("--config", required=True, help="TOML file of xanysat.finetune.FinetuneConfig settings")
+        task.add_argument("--config", required=True, help="TOML file of xanysat.apps.finetune.FinetuneConfig settings")
         task.add_argument("--no-resume", action="store_true")
         task.add_argument("--map", help="also write the predicted class map of the cube here (.zarr or .tif)")
         task.set_defaults(run=_run_finetune, freeze=name == "probe")
@@ -140,9 +140,9 @@ def _parser() -> argparse.ArgumentParser:
 def _run_pretrain(args) -> int:
     from pathlib import Path
 
-    from xanysat.checkpoint import save_pretrained
-    from xanysat.pretraining import default_config, pretrain_default
-    from xanysat.train import load_config
+    from xanysat.nn.checkpoint import save_pretrained
+    from xanysat.apps.pretraining import default_config, pretrain_default
+    from xanysat.train.loop import load_config
 
     config = load_config(args.config) if args.config else default_config("runs/pretrain")
     for name, value in (("out_dir", args.out), ("steps", args.steps), ("threads", args.threads)):
@@ -157,12 +157,12 @@ def _run_pretrain(args) -> int:
 
 
 def _run_evaluate(args) -> int:
-    from xanysat.evaluation import compare, table
+    from xanysat.apps.evaluation import compare, table
 
     results = table(compare(args.model))
     print(results)
     if args.card:
-        from xanysat.pretraining import write_model_card
+        from xanysat.apps.pretraining import write_model_card
 
         _say(f"wrote {write_model_card(args.card, args.model, results)}")
     return EXIT_OK
@@ -172,8 +172,8 @@ def _run_finetune(args) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from xanysat.finetune import _cube, finetune, load_config
-    from xanysat.prediction import predict
+    from xanysat.apps.finetune import _cube, finetune, load_config
+    from xanysat.cube.predict import predict
 
     cfg = replace(load_config(args.config), freeze=args.freeze)
     task, rows = finetune(cfg, resume=not args.no_resume)
@@ -233,7 +233,7 @@ def _embed_arguments(p: argparse.ArgumentParser) -> None:
 
 def _model_normalization(model) -> dict:
     """The statistics the model carries (the default model has Sentinel-1's)."""
-    from xanysat.runtime import client_model, model_ref
+    from xanysat.cube.runtime import client_model, model_ref
 
     ref = model_ref(model)
     return getattr(client_model(ref), "normalization", {})
@@ -271,8 +271,8 @@ def _normalize(args, cube, *, read_pixels: bool) -> dict:
     """sensor -> statistics: the sensor table's, or (``--fit-normalization``) fitted on the cube
     for sensors the table has none for; without pixels (``plan``) placeholders of the right size."""
     from xanysat.errors import AnySatInputError
-    from xanysat.modalities import MODALITIES, NormStats
-    from xanysat.normalization import fit_normalization
+    from xanysat.sensors.table import MODALITIES, NormStats
+    from xanysat.cube.normalize import fit_normalization
 
     carried = _model_normalization(args.model) if not args.fit_normalization else {}
     missing = [name for name in cube.children if MODALITIES[name].norm is None and name not in carried]
@@ -294,7 +294,7 @@ def _normalize(args, cube, *, read_pixels: bool) -> dict:
 
 def _run_embed(args) -> int:
     from xanysat.errors import AnySatInputError
-    from xanysat.io import embed_to_zarr
+    from xanysat.cube.zarr import embed_to_zarr
 
     start = time.perf_counter()
     cube = _cube(args, check_assets=True)
@@ -316,7 +316,7 @@ def _run_embed(args) -> int:
     _say(f"wrote {args.output_zarr}: embedding {dict(emb.sizes)} in {emb.rio.crs}; {total - resumed} of {total} "
          f"region(s) computed now, {resumed} already in the store ({time.perf_counter() - start:.1f} s)")
     if args.png:
-        from xanysat.viz import save_png
+        from xanysat.cube.maps import save_png
 
         save_png(emb, args.png, title=f"AnySat PCA, patch {args.patch_size} m")
         _say(f"wrote {args.png}")
@@ -327,7 +327,7 @@ def _regions_done(store) -> tuple[int, int] | None:
     """(regions marked done, regions) in an ``embed_to_zarr`` store's manifest, or None."""
     import zarr
 
-    from xanysat.io import DONE, MANIFEST
+    from xanysat.cube.zarr import DONE, MANIFEST
 
     try:
         done = zarr.open_array(store, path=f"{MANIFEST}/{DONE}", mode="r")[...]
@@ -337,7 +337,7 @@ def _regions_done(store) -> tuple[int, int] | None:
 
 
 def _run_plan(args) -> int:
-    from xanysat.planning import plan
+    from xanysat.cube.plan import plan
 
     cube = _cube(args, check_assets=False)
     options = _embed_options(args)
@@ -362,7 +362,7 @@ def _run_map(args) -> int:
     import rioxarray  # noqa: F401  (registers .rio, for the GeoTIFF)
     import xarray as xr
 
-    from xanysat.viz import pca_rgb_map, save_png, similarity
+    from xanysat.cube.maps import pca_rgb_map, save_png, similarity
 
     try:
         emb = xr.open_zarr(args.zarr, decode_coords="all")["embedding"]
@@ -384,7 +384,7 @@ def _run_info(args) -> int:
     import importlib.metadata as md
 
     import xanysat
-    from xanysat.modalities import MODALITIES
+    from xanysat.sensors.table import MODALITIES
 
     print(f"xanysat {xanysat.__version__}")
     for package in ("torch", "xarray", "dask", "odc-stac", "stackstac", "pystac-client", "rioxarray", "zarr"):
@@ -399,13 +399,13 @@ def _run_info(args) -> int:
         print(f"  {m.name:13s} {m.resolution_m:g} m, {kind}, bands {', '.join(m.bands)}; {collections}")
     print("models:")
     print("  base: the released AnySat weights (Hugging Face g-astruc/AnySat) — " + _base_status())
-    print("  a directory written by xanysat.checkpoint.save_pretrained")
+    print("  a directory written by xanysat.nn.checkpoint.save_pretrained")
     return EXIT_OK
 
 
 def _base_status() -> str:
     from xanysat.errors import CheckpointError
-    from xanysat.hub import official_checkpoint_path
+    from xanysat.nn.hub import official_checkpoint_path
 
     try:
         return f"available at {official_checkpoint_path(local_files_only=True)}"

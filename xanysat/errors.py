@@ -23,7 +23,7 @@ class ModalityError(AnySatInputError):
     """Unknown or unsupported sensor.
 
     Example:
-        >>> from xanysat.modalities import get_modality
+        >>> from xanysat.sensors.table import get_modality
         >>> get_modality("s3")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...
@@ -47,7 +47,7 @@ class PatchSizeError(AnySatInputError):
     """A patch size the tile or a sensor cannot be cut into.
 
     Example:
-        >>> from xanysat.batch import check_patch_size
+        >>> from xanysat.nn.batch import check_patch_size
         >>> check_patch_size(40, (60.0, 60.0), ("s2",))  # doctest: +ELLIPSIS
         Traceback (most recent call last):
             ...

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 
 from xanysat.errors import AnySatInputError, DimensionError, PatchSizeError
-from xanysat.modalities import Modality, get_modality
+from xanysat.sensors.table import Modality, get_modality
 
 __all__ = ["synthetic_batch", "synthetic_cube", "supported_patch_sizes"]
 

@@ -1,0 +1,509 @@
+"""``embed``: a multi-sensor cube in, a lazy georeferenced embedding cube out.
+
+One dask task per output block. A task receives, for every sensor, the input chunks under
+its block and halo (the input is first rechunked onto the block grid, so the result never
+depends on the input's chunks), cuts them into tiles, runs the model on batches of tiles
+(loaded once per worker process from a ``ModelRef``), crops the halos and masks cells with
+no valid input back to NaN.
+
+Missing data policy: NaN and nodata pixels, and bands the input lacks, are masked (the
+projectors use their missing-value parameter); dates, and sensors, with no valid value in a
+tile's window are left out of that tile's forward; output cells with no valid input pixel
+in any sensor are NaN. Nothing is filled with zeros.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import operator
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+
+from xanysat.cube.read import Cube, SensorCube, as_cube
+from xanysat.sensors.table import MODALITIES
+from xanysat.cube.normalize import projector_bands, resolve_normalization
+from xanysat.cube.runtime import ModelRef, client_model, model_ref
+from xanysat.cube.tiling import Geometry, make_geometry
+
+EMBEDDING = "embedding"
+FEATURE = "feature"
+
+
+@dataclass(frozen=True)
+class SensorPlan:
+    """What a task needs to know about one sensor (small and picklable).
+
+    Attributes:
+        name: the sensor.
+        resolution_m: pixel size.
+        shape_px: ``(rows, columns)`` of the sensor's whole grid.
+        chunk_px: ``(rows, columns)`` of its input chunks (one output block's worth).
+        doy: the dates as the model takes them (``day_of_year``), None for single-date sensors.
+        n_dates: number of dates (0 for single-date sensors).
+        n_bands: the projector's bands.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> s2 = job.sensors[0]
+        >>> s2.name, s2.shape_px, s2.chunk_px, s2.doy, s2.n_dates, s2.n_bands
+        ('s2', (12, 8), (12, 8), (60.0, 76.0, 92.0), 3, 10)
+        >>> s2.n_chunks, s2.tile_token
+        ((1, 1), False)
+    """
+
+    name: str
+    resolution_m: float
+    shape_px: tuple[int, int]
+    chunk_px: tuple[int, int]
+    doy: tuple[float, ...] | None
+    n_dates: int
+    n_bands: int
+
+    @property
+    def n_chunks(self) -> tuple[int, int]:
+        """Input chunks along y and x."""
+        return tuple(math.ceil(n / c) for n, c in zip(self.shape_px, self.chunk_px))
+
+    @property
+    def tile_token(self) -> bool:
+        """Whether the sensor gives one token per tile (MODIS)."""
+        return MODALITIES[self.name].tile_token
+
+
+@dataclass(frozen=True)
+class EmbedJob:
+    """Everything a block task needs besides its input chunks.
+
+    Attributes:
+        model: the model to run, as a picklable ``ModelRef`` (loaded once per worker process).
+        geometry: tiles, blocks and output cells (``xanysat.cube.tiling.Geometry``).
+        sensors: one ``SensorPlan`` per sensor, in cube order.
+        batch_size: tiles per forward.
+        output_modality: the sensor of a ``"dense"`` output, else None.
+        features: channels of the output (``2 * embed_dim`` for ``"dense"``).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> job.features, job.batch_size, job.geometry.n_blocks, job.geometry.out_shape, job.model.source
+        (256, 16, (1, 1), (3, 2), 'untrained-tiny')
+    """
+
+    model: ModelRef
+    geometry: Geometry
+    sensors: tuple[SensorPlan, ...]
+    batch_size: int
+    output_modality: str | None
+    features: int
+
+
+def day_of_year(times: np.ndarray, origin=None) -> np.ndarray:
+    """Dates as the model takes them: 1-based day of year (the official loaders), or days since
+    ``origin`` (e.g. ``"2018-09-01"`` for PASTIS-style weights).
+
+    Args:
+        times: dates (anything ``np.asarray(..., "datetime64[D]")`` takes).
+        origin: None, or the date to count days from.
+
+    Returns:
+        int64 days, one per date.
+
+    Example:
+        >>> times = np.array(["2021-01-01", "2021-03-01T12:00"], "datetime64[ns]")
+        >>> day_of_year(times).tolist(), day_of_year(times, origin="2020-09-01").tolist()
+        ([1, 60], [122, 181])
+    """
+    t = np.asarray(times, dtype="datetime64[D]")
+    if origin is None:
+        return (t - t.astype("datetime64[Y]")).astype("int64") + 1
+    return (t - np.datetime64(origin, "D")).astype("int64")
+
+
+def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
+          batch_size: int = 16, device="auto", dtype=None, normalize=True, output_modality: str | None = None,
+          block_tiles=None, sensor: str | None = None, date_origin=None, window=None) -> xr.DataArray:
+    """Embed a multi-sensor cube with AnySat, lazily.
+
+    Args:
+        data: ``xr.DataTree`` with one node per sensor at its native resolution, or a
+            ``Dataset``/``DataArray`` (see ``xanysat.cube.read``); one CRS, one grid origin.
+            Values in the units of the sensor table's statistics (S2 L2A: reflectance x 1e4).
+        patch_size: patch side in metres, a multiple of 10 (``patch_size_meters`` in rslearn).
+        output: ``"patch"`` (one vector per patch), ``"tile"`` (one per tile, on a coarse
+            grid) or ``"dense"`` (one per sub-patch of ``output_modality``: ``[patch, sub-patch]``).
+        model: an ``AnySat``, a ``load_model`` name or directory, or None (``load_model()``).
+        tile_size: the model's context in metres (default: the tile size the model was trained
+            on where it records one, as the shipped default does, else up to 32 x 32 patches).
+        overlap: halo in metres around each tile, cropped after the forward (removes seams).
+        batch_size: tiles per forward.
+        device: ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda:0"``...
+        dtype: ``"float32"`` (CPU default), ``"bfloat16"`` (CUDA default) or ``"float16"``.
+        normalize: True (sensor table statistics), False (already normalised), or a mapping
+            sensor -> ``NormStats`` / ``(mean, std)`` / bool, e.g. from ``fit_normalization``.
+        block_tiles: tiles per output chunk side (default: by memory, at most 8).
+        sensor: the sensor of a single-sensor input that does not name it.
+        date_origin: None for day-of-year dates, or a date to count days from.
+        window: ``((y_offset, x_offset), (height, width))`` in metres from the cube's top-left
+            corner: embed only this part, the data around it serving as halo. Offsets that are
+            multiples of the tile size give exactly the cells of a whole-cube run.
+
+    Returns:
+        A lazy ``DataArray`` named ``"embedding"``, dims ``("feature", "y", "x")``, float32, with
+        ``x``/``y`` at cell centres, ``spatial_ref`` and provenance attrs.
+
+    Example:
+        >>> import xanysat
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)
+        >>> emb = xanysat.embed(cube, patch_size=40, model="untrained-tiny")
+        >>> emb.sizes["y"], emb.sizes["x"], emb.dims
+        (3, 2, ('feature', 'y', 'x'))
+    """
+    cube = as_cube(data, sensor)
+    job, arrays = plan_job(cube, patch_size, output, model=model, tile_size=tile_size, overlap=overlap,
+                           batch_size=batch_size, device=device, dtype=dtype, normalize=normalize,
+                           output_modality=output_modality, block_tiles=block_tiles, date_origin=date_origin,
+                           window=window)
+    return _to_dataarray(cube, job, _graph(job, arrays), normalize_attrs=arrays["__norm__"])
+
+
+def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch_size, device, dtype, normalize,
+             output_modality, block_tiles, date_origin, window=None, ref: ModelRef | None = None):
+    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays.
+
+    The first half of ``embed``: geometry, model reference, normalisation and input chunking;
+    no graph is built and no pixel is read.
+
+    Args:
+        cube: a ``Cube`` (``xanysat.cube.read.as_cube``).
+        patch_size: as for ``embed``; so are ``output``, ``model``, ``tile_size``, ``overlap``,
+            ``batch_size``, ``device``, ``dtype``, ``normalize``, ``output_modality``,
+            ``block_tiles``, ``date_origin`` and ``window``.
+        ref: a ``ModelRef`` to use instead of resolving ``model``, ``device`` and ``dtype``.
+
+    Returns:
+        ``(job, arrays)``: the ``EmbedJob``, and per sensor its normalised dask array in
+        projector band order chunked by output blocks (plus ``"__norm__"``: the statistics used,
+        for the output's attrs).
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> arrays["s2"].shape, arrays["s2"].chunksize, round(arrays["__norm__"]["s2"]["mean"][0], 2)
+        ((3, 10, 12, 8), (3, 10, 12, 8), 4304.33)
+    """
+    names = tuple(cube.sensors)
+    offset, extent = _window(cube, window)
+    ref = ref or model_ref(model, device=device, dtype=dtype)
+    check_model_sensors(ref, names)
+    preferred = model_tile_m(ref)
+    tile_bytes = None
+    if block_tiles is None:
+        geometry0 = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size,
+                                  overlap=overlap, block_tiles=1, output_modality=output_modality,
+                                  preferred_tile_m=preferred)
+        tile_bytes = sum(_window_bytes(s, geometry0.tile_m, overlap) for s in cube.sensors.values())
+    geometry = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
+                             block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
+                             offset_m=offset, preferred_tile_m=preferred)
+    if output == "dense":
+        output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
+    features = _features(ref) * (2 if output == "dense" else 1)
+    stats = resolve_normalization(names, normalize, _model_stats(ref))
+    plans, arrays = [], {}
+    for name, s in cube.sensors.items():
+        chunk_px = _chunk_px(s, geometry)
+        values = projector_bands(s)
+        if stats[name] is not None:
+            mean = xr.DataArray(np.asarray(stats[name].mean, "float32"), dims="band")
+            std = xr.DataArray(np.asarray(stats[name].std, "float32"), dims="band")
+            values = (values - mean) / std
+        chunks = {"band": -1, "y": chunk_px[0], "x": chunk_px[1]}
+        if "time" in values.dims:
+            chunks["time"] = -1
+        arrays[name] = values.chunk(chunks).data
+        doy = None if s.dates is None else tuple(float(d) for d in day_of_year(s.dates, date_origin))
+        n_dates = 0 if s.dates is None else len(s.dates)
+        plans.append(SensorPlan(name, s.resolution_m, s.shape_px, chunk_px, doy, n_dates, MODALITIES[name].n_bands))
+    job = EmbedJob(ref, geometry, tuple(plans), int(batch_size), output_modality, features)
+    arrays["__norm__"] = {
+        n: None if v is None else {"mean": list(v.mean), "std": list(v.std), "source": v.source}
+        for n, v in stats.items()
+    }
+    return job, arrays
+
+
+def _window(cube: Cube, window):
+    if window is None:
+        return (0.0, 0.0), cube.extent_m
+    try:
+        (oy, ox), (h, w) = window
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be ((y_offset, x_offset), (height, width)) in metres, got {window!r}.") from None
+    if min(oy, ox) < 0 or min(h, w) <= 0 or oy + h > cube.extent_m[0] + 1e-6 or ox + w > cube.extent_m[1] + 1e-6:
+        raise ValueError(f"window {window!r} is not inside the cube's {cube.extent_m[0]:g} m x {cube.extent_m[1]:g} m.")
+    return (float(oy), float(ox)), (float(h), float(w))
+
+
+def _model_stats(ref: ModelRef) -> dict:
+    return getattr(client_model(ref), "normalization", {})
+
+
+def check_model_sensors(ref: ModelRef, sensors) -> None:
+    """Raise ``ModalityError`` before any task runs when the model has no projector for a sensor.
+
+    Example:
+        >>> from xanysat.cube.runtime import model_ref
+        >>> check_model_sensors(model_ref("untrained-tiny", device="cpu"), ("s2", "naip"))  # every sensor
+    """
+    from xanysat.errors import ModalityError
+    known = tuple(client_model(ref).projectors)
+    missing = [n for n in sensors if n not in known]
+    if missing:
+        hint = ("; select those sensors out of the cube, or use a model that has them "
+                "(model='base': the released weights, every sensor; 'untrained-tiny': random weights)")
+        if "s1" in missing and "s1-asc" in known:
+            hint += ("; ascending-orbit Sentinel-1 loads as 's1-asc': "
+                     "xanysat.stac.load(items, sensors={'s1-asc': '<collection>'})")
+        raise ModalityError(f"the model {ref.model_id!r} has no projector for {', '.join(missing)}; "
+                            f"it knows {', '.join(known)}{hint}.")
+
+
+def model_tile_m(ref: ModelRef) -> float | None:
+    """The tile side (metres) the model was trained on, when it records one (``model.tile_m``).
+
+    Example:
+        >>> from xanysat.cube.runtime import model_ref
+        >>> model_tile_m(model_ref("untrained-tiny", device="cpu")) is None
+        True
+    """
+    return getattr(client_model(ref), "tile_m", None)
+
+
+def _features(ref: ModelRef) -> int:
+    return client_model(ref).config.embed_dim
+
+
+def _window_bytes(s: SensorCube, tile_m, overlap) -> int:
+    m = MODALITIES[s.name]
+    dates = 1 if s.dates is None else len(s.dates)
+    if m.tile_token:
+        px = [math.ceil((t + 2 * overlap) / s.resolution_m) + 1 for t in tile_m]
+    else:
+        px = [round((t + 2 * overlap) / s.resolution_m) for t in tile_m]
+    return dates * m.n_bands * px[0] * px[1] * 4
+
+
+def _chunk_px(s: SensorCube, g: Geometry) -> tuple[int, int]:
+    return tuple(max(1, math.ceil(round(b / s.resolution_m, 6))) for b in g.block_m)
+
+
+def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Pixel rows and columns ``[start, stop)`` of a block with its halo (may exceed the grid).
+
+    Args:
+        plan: the sensor.
+        g: the job's geometry.
+        block: ``(row, column)`` of the output block.
+
+    Returns:
+        ``((row start, row stop), (column start, column stop))`` in the sensor's pixels.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=1, date_origin=None)
+        >>> pixel_window(job.sensors[0], job.geometry, (0, 0))  # 40 m tiles of 4 x 4 pixels, 40 m halo
+        ((-4, 8), (-4, 8))
+    """
+    window = []
+    for axis in range(2):
+        first = block[axis] * g.block_tiles[axis]
+        count = min(g.block_tiles[axis], g.n_tiles[axis] - first)
+        lo = first * g.tile_m[axis] - g.overlap + g.offset_m[axis]
+        hi = (first + count) * g.tile_m[axis] + g.overlap + g.offset_m[axis]
+        window.append((math.floor(round(lo / plan.resolution_m, 6)), math.ceil(round(hi / plan.resolution_m, 6))))
+    return tuple(window)
+
+
+def chunk_range(plan: SensorPlan, g: Geometry, block) -> tuple[range, range]:
+    """The input chunks (rows, columns) a block's window touches.
+
+    Args:
+        plan: the sensor.
+        g: the job's geometry.
+        block: ``(row, column)`` of the output block.
+
+    Returns:
+        ``(rows, columns)`` as ranges of chunk indices, clipped to the grid.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=1, date_origin=None)
+        >>> s2 = job.sensors[0]
+        >>> s2.chunk_px, s2.n_chunks, pixel_window(s2, job.geometry, (1, 1))
+        ((4, 4), (3, 2), ((0, 12), (0, 12)))
+        >>> chunk_range(s2, job.geometry, (1, 1))
+        (range(0, 3), range(0, 2))
+    """
+    ranges = []
+    for (lo, hi), c, n in zip(pixel_window(plan, g, block), plan.chunk_px, plan.n_chunks):
+        ranges.append(range(max(0, lo // c), min(n, math.ceil(hi / c))))
+    return tuple(ranges)
+
+
+def _graph(job: EmbedJob, arrays: dict):
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    g = job.geometry
+    inputs = [arrays[p.name] for p in job.sensors]
+    name = f"anysat-embed-{tokenize(job, *[a.name for a in inputs])}"
+    layer, halo = {}, {}
+    for bi in range(g.n_blocks[0]):
+        for bj in range(g.n_blocks[1]):
+            args = []
+            for k, (plan, array) in enumerate(zip(job.sensors, inputs)):
+                pieces = []
+                for r, c, key, cut in _pieces(plan, g, (bi, bj), array):
+                    if cut is not None:  # only the halo strip of a neighbour chunk travels to the task
+                        strip = (f"{name}-halo", k, bi, bj, r, c)
+                        halo[strip] = (operator.getitem, key, cut)
+                        key = strip
+                    pieces.append([key, r * plan.chunk_px[0] + (cut[-2].start if cut else 0),
+                                   c * plan.chunk_px[1] + (cut[-1].start if cut else 0)])
+                args.append(pieces)
+            layer[(name, 0, bi, bj)] = (embed_block, job, bi, bj, *args)
+    base = HighLevelGraph.merge(*[a.__dask_graph__() for a in inputs])
+    layers, dependencies = dict(base.layers), dict(base.dependencies)
+    tops = {top for a in inputs for top in a.__dask_layers__()}
+    if halo:
+        layers[f"{name}-halo"], dependencies[f"{name}-halo"] = MaterializedLayer(halo), set(tops)
+        tops.add(f"{name}-halo")
+    layers[name], dependencies[name] = MaterializedLayer(layer), tops
+    graph = HighLevelGraph(layers, dependencies)
+    chunks = ((job.features,), *g.out_chunks)
+    return da.Array(graph, name, chunks=chunks, dtype="float32", meta=np.empty((0, 0, 0), dtype="float32"))
+
+
+def _pieces(plan: SensorPlan, g: Geometry, block, array):
+    """Input chunks under a block's window: ``(row, col, key, cut)``, ``cut`` the slice of a
+    chunk that the window only partly covers (None: the whole chunk)."""
+    (r0, r1), (c0, c1) = pixel_window(plan, g, block)
+    rows, cols = chunk_range(plan, g, block)
+    (cy, cx), (ny, nx) = plan.chunk_px, plan.shape_px
+    lead = (0,) * (array.ndim - 2)
+    for r in rows:
+        y0, y1 = r * cy, min((r + 1) * cy, ny)
+        for c in cols:
+            x0, x1 = c * cx, min((c + 1) * cx, nx)
+            ys, ye = max(r0, y0) - y0, min(r1, y1) - y0
+            xs, xe = max(c0, x0) - x0, min(c1, x1) - x0
+            whole = (ys, ye, xs, xe) == (0, y1 - y0, 0, x1 - x0)
+            cut = None if whole else (Ellipsis, slice(ys, ye), slice(xs, xe))
+            yield r, c, (array.name, *lead, r, c), cut
+
+
+def embed_block(job: EmbedJob, bi: int, bj: int, *pieces) -> np.ndarray:
+    """The task: embed the tiles of block ``(bi, bj)``; returns ``(features, rows, cols)``.
+
+    Every key of ``embed``'s dask graph is a call of this function (see
+    ``xanysat.cube.blocks.run_block``).
+
+    Args:
+        job: the ``EmbedJob``.
+        bi, bj: row and column of the output block.
+        pieces: per sensor, its ``[array, first row, first column]`` input pieces.
+
+    Returns:
+        ``(features, rows, cols)`` float32, NaN where no input pixel is valid.
+
+    Example:
+        >>> from xanysat.testing import synthetic_cube
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
+        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
+        ...     block_tiles=None, date_origin=None)
+        >>> out = embed_block(job, 0, 0, [[np.asarray(arrays["s2"]), 0, 0]])
+        >>> out.shape, np.allclose(out, embed(cube, 40, model="untrained-tiny").values)
+        ((256, 3, 2), True)
+    """
+    from xanysat.cube.blocks import run_block
+
+    return run_block(job, (bi, bj), pieces)
+
+
+def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataArray:
+    import xanysat
+
+    g = job.geometry
+    x0, y0 = cube.origin[0] + g.offset_m[1], cube.origin[1] - g.offset_m[0]
+    ch, cw = g.cell_m
+    y = y0 - (np.arange(g.out_shape[0]) + 0.5) * ch
+    x = x0 + (np.arange(g.out_shape[1]) + 0.5) * cw
+    sensors = {}
+    for name, s in cube.sensors.items():
+        _, missing = s.band_indices
+        derived = [b for b in missing if b in MODALITIES[name].derived_bands and _ratio_ok(s, b)]
+        sensors[name] = {
+            "bands": list(s.bands),
+            "missing_bands": [b for b in missing if b not in derived],
+            "dates": None if s.dates is None else [str(t)[:10] for t in s.dates.astype("datetime64[D]")],
+        }
+    attrs = {
+        "model_id": job.model.model_id,
+        "weights_sha256_16": job.model.weights,
+        "patch_size_m": g.patch_size,
+        "output": g.output,
+        "tile_size_m": list(g.tile_m),
+        "overlap_m": g.overlap,
+        "sensors": list(cube.sensors),
+        "inputs": json.dumps(sensors),
+        "normalization": json.dumps(normalize_attrs),
+        "dates": "day of year (1 = 1 January)",
+        "missing_data": "NaN/nodata pixels and absent bands masked; cells with no valid input are NaN",
+        "xanysat_version": xanysat.__version__,
+    }
+    if g.output == "dense":
+        attrs["output_modality"] = job.output_modality
+    out = xr.DataArray(
+        array, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=attrs,
+        coords={FEATURE: np.arange(job.features), "y": y, "x": x},
+    )
+    out = out.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+    # Also list spatial_ref in 'coordinates': xarray leaves grid_mapping variables out of it, so
+    # a plain xr.open_zarr / open_dataset would read spatial_ref back as a data variable and the
+    # embedding would lose its CRS (decode_coords="all" was needed).
+    out.encoding["coordinates"] = "spatial_ref"
+    return out
+
+
+def _ratio_ok(s: SensorCube, band: str) -> bool:
+    m = MODALITIES[s.name]
+    indices, _ = s.band_indices
+    return all(indices[m.bands.index(b)] is not None for b in band.split("/"))
+
+
+def _transform(x0, y0, cw, ch):
+    from affine import Affine
+
+    return Affine(cw, 0.0, x0, 0.0, -ch, y0)

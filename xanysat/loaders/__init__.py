@@ -1,0 +1,2 @@
+"""Torch samplers and datasets over prepared cubes, for training from datacubes.
+"""

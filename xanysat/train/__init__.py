@@ -1,0 +1,3 @@
+"""Self-supervised training (JEPA) of the encoder: masks, losses, predictor, teacher and schedules,
+and the loop. Pure torch; runs the encoder's own modules.
+"""
