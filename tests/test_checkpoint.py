@@ -81,7 +81,7 @@ def test_xanysat_format_round_trip(tmp_path):
     model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "aerial")))
     save_pretrained(model, tmp_path / "m", model_id="unit-test")
     loaded = load_pretrained(tmp_path / "m")
-    assert loaded.model_id == "unit-test" and loaded.config == model.config
+    assert loaded.card.model_id == "unit-test" and loaded.config == model.config
     assert weights_hash(loaded) == weights_hash(model)
     assert weights_hash(load_model(tmp_path / "m")) == weights_hash(model)
 
@@ -112,7 +112,7 @@ def test_missing_weights_say_how_to_get_them(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "no-default")
     with pytest.warns(UserWarning, match="untrained-tiny"):
         model = load_model(None, cache_dir=tmp_path / "empty")
-    assert model.config.embed_dim == 256 and "random" in model.model_id
+    assert model.config.embed_dim == 256 and "random" in model.card.model_id
 
 
 def test_checkpoint_env_variable(tmp_path, monkeypatch):
@@ -145,12 +145,12 @@ def test_default_model_is_used_when_base_is_absent(monkeypatch, tmp_path):
     from xanysat.sensors.table import NormStats
 
     model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "s1-asc")))
-    model.normalization = {"s1-asc": NormStats((0.1, 0.02), (0.05, 0.01), "test")}
+    model.card = model.card.with_changes(normalization={"s1-asc": NormStats((0.1, 0.02), (0.05, 0.01), "test")})
     save_pretrained(model, tmp_path / "default", model_id="test-default")
     monkeypatch.setattr(hub, "DEFAULT_DIR", tmp_path / "default")
     monkeypatch.setenv("XANYSAT_ANYSAT_CHECKPOINT", str(tmp_path / "no-such.pth"))
     loaded = hub.load_model()
-    assert loaded.model_id == "test-default" and loaded.normalization["s1-asc"].mean == (0.1, 0.02)
+    assert loaded.card.model_id == "test-default" and loaded.card.normalization["s1-asc"].mean == (0.1, 0.02)
 
 
 def test_the_shipped_default_model():
@@ -162,7 +162,7 @@ def test_the_shipped_default_model():
     assert sum(files.values()) < 20e6
     model = load_model("default")
     assert set(model.projectors) == {"s2", "s1-asc"} and not model.training
-    assert all(s > 0 for s in model.normalization["s1-asc"].std)
+    assert all(s > 0 for s in model.card.normalization["s1-asc"].std)
     card = (DEFAULT_DIR / "README.md").read_text()
     assert "effective rank" in card and "| pretrained |" in card and "| random |" in card
     batch = {"s2": torch.rand(2, 3, 10, 4, 4), "s2_dates": torch.tensor([[10, 120, 200]] * 2)}

@@ -344,7 +344,7 @@ def test_output_metadata(s2_cube):
     model = tiny_model()
     from xanysat.nn.checkpoint import weights_hash
 
-    assert emb.attrs["model_id"] == model.model_id
+    assert emb.attrs["model_id"] == model.card.model_id
     assert emb.attrs["weights_sha256_16"] == weights_hash(model)
     assert emb.attrs["patch_size_m"] == PATCH and emb.attrs["sensors"] == ["s2"]
     assert list(emb.attrs["tile_size_m"]) == [TILE, TILE] and emb.attrs["overlap_m"] == 0
@@ -530,7 +530,7 @@ def test_a_model_trained_on_small_tiles_embeds_on_them_by_default(tmp_path):
 
     torch.manual_seed(0)
     model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))).eval()
-    model.tile_m = 160
+    model.card = model.card.with_changes(tile_m=160)
     saved = save_pretrained(model, tmp_path / "m", model_id="small-tiles")
     cube = synthetic_cube(("s2",), extent_m=(400, 640))
     emb = xanysat.embed(cube, 40, model=saved)

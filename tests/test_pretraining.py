@@ -109,6 +109,6 @@ def test_cli_pretrain_from_a_toml_on_the_real_cubes(tmp_path, worldcereal, monke
     import xanysat
 
     model = xanysat.load_model(out / "model")
-    assert model.config.embed_dim == 32 and set(model.normalization) == {"s1-asc"}
+    assert model.config.embed_dim == 32 and set(model.card.normalization) == {"s1-asc"}
     assert main(["pretrain", "--config", str(tmp_path / "run.toml"), "--out", str(out), "--steps", "4"]) == 0
     assert len((out / "log.csv").read_text().splitlines()) == 5  # resumed: one more step

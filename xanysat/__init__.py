@@ -5,12 +5,9 @@ Importing ``xanysat`` is light: torch loads on first use of the model API.
 
 from importlib import import_module
 
-from xanysat.errors import (
-    AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError, StacError,
-)
-from xanysat.sensors.table import MODALITIES, Modality
-
 import xanysat.accessor  # noqa: F401  (registers the .anysat accessor)
+from xanysat.errors import AnySatInputError, CheckpointError, DimensionError, ModalityError, PatchSizeError, StacError
+from xanysat.sensors.table import MODALITIES, Modality
 
 _LAZY = {
     "AnySat": "xanysat.nn.encoder", "AnySatConfig": "xanysat.nn.encoder", "load_model": "xanysat.nn.hub",

@@ -140,8 +140,8 @@ def _parser() -> argparse.ArgumentParser:
 def _run_pretrain(args) -> int:
     from pathlib import Path
 
-    from xanysat.nn.checkpoint import save_pretrained
     from xanysat.apps.pretraining import default_config, pretrain_default
+    from xanysat.nn.checkpoint import save_pretrained
     from xanysat.train.loop import load_config
 
     config = load_config(args.config) if args.config else default_config("runs/pretrain")
@@ -236,7 +236,7 @@ def _model_normalization(model) -> dict:
     from xanysat.cube.runtime import client_model, model_ref
 
     ref = model_ref(model)
-    return getattr(client_model(ref), "normalization", {})
+    return client_model(ref).card.normalization
 
 
 def _sensor_pair(text: str) -> tuple[str, str]:
@@ -270,9 +270,9 @@ def _embed_options(args) -> dict:
 def _normalize(args, cube, *, read_pixels: bool) -> dict:
     """sensor -> statistics: the sensor table's, or (``--fit-normalization``) fitted on the cube
     for sensors the table has none for; without pixels (``plan``) placeholders of the right size."""
+    from xanysat.cube.normalize import fit_normalization
     from xanysat.errors import AnySatInputError
     from xanysat.sensors.table import MODALITIES, NormStats
-    from xanysat.cube.normalize import fit_normalization
 
     carried = _model_normalization(args.model) if not args.fit_normalization else {}
     missing = [name for name in cube.children if MODALITIES[name].norm is None and name not in carried]
@@ -293,8 +293,8 @@ def _normalize(args, cube, *, read_pixels: bool) -> dict:
 
 
 def _run_embed(args) -> int:
-    from xanysat.errors import AnySatInputError
     from xanysat.cube.zarr import embed_to_zarr
+    from xanysat.errors import AnySatInputError
 
     start = time.perf_counter()
     cube = _cube(args, check_assets=True)

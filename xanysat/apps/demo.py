@@ -63,9 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     import xanysat
     from xanysat import stac
+    from xanysat.cube.maps import pca_rgb_map, similarity
     from xanysat.stac.sample_catalog import write_sample_catalog
     from xanysat.stac.server import serve
-    from xanysat.cube.maps import pca_rgb_map, similarity
 
     args.out.mkdir(parents=True, exist_ok=True)
     catalog = write_sample_catalog(args.out / "stac")

@@ -29,9 +29,9 @@ import torch
 import xarray as xr
 
 import xanysat
+from xanysat.apps.pretraining import BIGEARTHNET, bigearthnet_cube, bigearthnet_files, worldcereal_cube
 from xanysat.nn.checkpoint import load_pretrained
 from xanysat.nn.encoder import AnySat
-from xanysat.apps.pretraining import BIGEARTHNET, bigearthnet_cube, bigearthnet_files, worldcereal_cube
 
 CROPTYPE = BIGEARTHNET.parent / "worldcereal" / "worldcereal_cropland_classification.nc"
 
@@ -51,7 +51,7 @@ def random_twin(model: AnySat) -> AnySat:
         >>> from xanysat import AnySatConfig
         >>> model = AnySat(AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
         >>> twin = random_twin(model)
-        >>> twin.model_id, twin.config == model.config, twin.training
+        >>> twin.card.model_id, twin.config == model.config, twin.training
         ('random weights, 32d1', True, False)
         >>> all(torch.equal(a, b) for a, b in zip(twin.state_dict().values(), random_twin(model).state_dict().values()))
         True
@@ -59,8 +59,7 @@ def random_twin(model: AnySat) -> AnySat:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         twin = AnySat(model.config).eval()
-    twin.normalization = dict(model.normalization)
-    twin.model_id = f"random weights, {model.config.embed_dim}d{model.config.depth}"
+    twin.card = model.card.with_changes(model_id=f"random weights, {model.config.embed_dim}d{model.config.depth}")
     return twin
 
 

@@ -184,8 +184,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
     import xanysat
     from xanysat.cube.read import as_cube
     from xanysat.loaders.datasets import IGNORE_INDEX, CubeDataset, collate
-    from xanysat.nn.heads import ClassificationHead, SegmentationHead, TaskModel, task_loss
     from xanysat.loaders.samplers import GridTileSampler
+    from xanysat.nn.heads import ClassificationHead, SegmentationHead, TaskModel, task_loss
 
     if cfg.task not in TASKS:
         raise ValueError(f"task must be one of {TASKS}, got {cfg.task!r}.")
@@ -263,15 +263,16 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
 def _normalization(cube, encoder) -> dict:
     """The model's own statistics, else the sensor table's, else fitted on the cube (and kept
     with the saved encoder, so that ``predict`` normalises the same way)."""
-    from xanysat.sensors.table import MODALITIES
     from xanysat.cube.normalize import fit_normalization
+    from xanysat.sensors.table import MODALITIES
 
-    stats = {name: encoder.normalization[name] for name in cube.sensors if name in encoder.normalization}
+    stats = {name: encoder.card.normalization[name] for name in cube.sensors if name in encoder.card.normalization}
     missing = [n for n in cube.sensors if n not in stats and MODALITIES[n].norm is None]
     if missing:
         fitted = fit_normalization(cube)
         stats.update({n: fitted[n] for n in missing})
-        encoder.normalization = {**encoder.normalization, **{n: fitted[n] for n in missing}}
+        encoder.card = encoder.card.with_changes(
+            normalization={**encoder.card.normalization, **{n: fitted[n] for n in missing}})
     return {name: stats.get(name, True) for name in cube.sensors}
 
 

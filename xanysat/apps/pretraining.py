@@ -44,12 +44,12 @@ def worldcereal_cube() -> xr.DataTree:
         >>> sorted(cube.children), cube["s2"]["s2"].shape, cube["s1-asc"]["s1-asc"].shape
         (['s1-asc', 's2'], (12, 9, 100, 100), (12, 2, 100, 100))
     """
+    import warnings
+
     import pystac
 
     from xanysat import stac
     from xanysat.stac.sample_catalog import write_sample_catalog
-
-    import warnings
 
     with tempfile.TemporaryDirectory(prefix="xanysat-worldcereal-") as tmp:
         directory = Path(tmp)
@@ -181,8 +181,8 @@ def fit_default_normalization(cubes) -> dict:
         >>> list(stats), stats["s1-asc"].mean, stats["s1-asc"].std
         (['s1-asc'], (1.0, 0.5), (0.0, 0.0))
     """
-    from xanysat.sensors.table import NormStats
     from xanysat.cube.normalize import fit_normalization
+    from xanysat.sensors.table import NormStats
 
     values = [fit_normalization(c)["s1-asc"] for c in cubes]
     mean = np.nanmean([v.mean for v in values], axis=0)
@@ -294,7 +294,7 @@ def pretrain_default(config=None, *, progress: bool = True, resume: bool = True,
         ...                             model={**DEFAULT_CONFIG["model"], "embed_dim": 32, "depth": 1, "num_heads": 2},
         ...                             jepa={**DEFAULT_CONFIG["jepa"], "predictor_depth": 1})
         ...     encoder = pretrain_default(config, cubes=[cube], progress=False)
-        >>> encoder.config.embed_dim, list(encoder.normalization), config.data[0]["cubes"]
+        >>> encoder.config.embed_dim, list(encoder.card.normalization), config.data[0]["cubes"]
         (32, ['s1-asc'], 1)
         >>> pretrain_default(default_config(data=[{"tile": 160}]), cubes=[])
         Traceback (most recent call last):
@@ -315,8 +315,7 @@ def pretrain_default(config=None, *, progress: bool = True, resume: bool = True,
                                           patch_sizes=tuple(data["patch_sizes"]), batch_size=data["batch_size"]),
                     resume=resume, progress=progress)
     encoder = jepa.teacher
-    encoder.normalization = normalization
-    encoder.tile_m = data["tile_m"]
+    encoder.card = encoder.card.with_changes(normalization=normalization, tile_m=data["tile_m"])
     return encoder
 
 
@@ -436,7 +435,7 @@ and trained on far more data; use that one where it is available.
   apart by content.
 - batches: {config['data']}; one cube per batch, random tiles, patch size drawn per batch.
 - normalisation: Sentinel-2 with the sensor table's statistics; Sentinel-1 with statistics fitted
-  on the pretraining cubes, stored with the weights (`model.normalization`) and used by
+  on the pretraining cubes, stored with the weights (`model.card.normalization`) and used by
   `xanysat.embed(normalize=True)`: {meta.get('normalization')}
 - compute: {seconds / 60:.1f} min of optimizer steps on 2 CPU cores.
 

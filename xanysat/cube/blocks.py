@@ -29,13 +29,13 @@ def run_block(job, block: tuple[int, int], pieces) -> np.ndarray:
 
     Example:
         >>> import xanysat
-        >>> from xanysat.cube.read import as_cube
         >>> from xanysat.cube.embed import plan_job
+        >>> from xanysat.cube.options import EmbedOptions
+        >>> from xanysat.cube.prepare import prepare
+        >>> from xanysat.cube.runtime import model_ref
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)
-        >>> job, arrays = plan_job(as_cube(cube), 40, "patch", model="untrained-tiny", tile_size=None,
-        ...     overlap=0, batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=None, date_origin=None)
+        >>> job, arrays = plan_job(prepare(cube), EmbedOptions(40), model_ref("untrained-tiny", device="cpu"))
         >>> s2 = np.asarray(arrays["s2"])  # (time, band, y, x): one chunk, the whole block
         >>> out = run_block(job, (0, 0), [[[s2, 0, 0]]])
         >>> out.shape, np.allclose(out, xanysat.embed(cube, 40, model="untrained-tiny").values)

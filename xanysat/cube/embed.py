@@ -14,7 +14,6 @@ in any sensor are NaN. Nothing is filled with zeros.
 
 from __future__ import annotations
 
-import json
 import math
 import operator
 from dataclasses import dataclass
@@ -22,11 +21,14 @@ from dataclasses import dataclass
 import numpy as np
 import xarray as xr
 
-from xanysat.cube.read import Cube, SensorCube, as_cube
-from xanysat.sensors.table import MODALITIES
-from xanysat.cube.normalize import projector_bands, resolve_normalization
+from xanysat.cube.grid import as_geobox, grid_coords, output_geobox, window_for
+from xanysat.cube.options import EmbedOptions, describe
+from xanysat.cube.options import attrs as provenance_attrs
+from xanysat.cube.prepare import Inputs, prepare
+from xanysat.cube.read import Cube, SensorCube
 from xanysat.cube.runtime import ModelRef, client_model, model_ref
 from xanysat.cube.tiling import Geometry, make_geometry
+from xanysat.sensors.table import MODALITIES
 
 EMBEDDING = "embedding"
 FEATURE = "feature"
@@ -47,10 +49,9 @@ class SensorPlan:
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=None, date_origin=None)
+        >>> from xanysat.cube.prepare import prepare
+        >>> inputs = prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(inputs, EmbedOptions(40), model_ref("untrained-tiny", device="cpu"))
         >>> s2 = job.sensors[0]
         >>> s2.name, s2.shape_px, s2.chunk_px, s2.doy, s2.n_dates, s2.n_bands
         ('s2', (12, 8), (12, 8), (60.0, 76.0, 92.0), 3, 10)
@@ -91,10 +92,9 @@ class EmbedJob:
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=None, date_origin=None)
+        >>> from xanysat.cube.prepare import prepare
+        >>> inputs = prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(inputs, EmbedOptions(40), model_ref("untrained-tiny", device="cpu"))
         >>> job.features, job.batch_size, job.geometry.n_blocks, job.geometry.out_shape, job.model.source
         (256, 16, (1, 1), (3, 2), 'untrained-tiny')
     """
@@ -107,31 +107,9 @@ class EmbedJob:
     features: int
 
 
-def day_of_year(times: np.ndarray, origin=None) -> np.ndarray:
-    """Dates as the model takes them: 1-based day of year (the official loaders), or days since
-    ``origin`` (e.g. ``"2018-09-01"`` for PASTIS-style weights).
-
-    Args:
-        times: dates (anything ``np.asarray(..., "datetime64[D]")`` takes).
-        origin: None, or the date to count days from.
-
-    Returns:
-        int64 days, one per date.
-
-    Example:
-        >>> times = np.array(["2021-01-01", "2021-03-01T12:00"], "datetime64[ns]")
-        >>> day_of_year(times).tolist(), day_of_year(times, origin="2020-09-01").tolist()
-        ([1, 60], [122, 181])
-    """
-    t = np.asarray(times, dtype="datetime64[D]")
-    if origin is None:
-        return (t - t.astype("datetime64[Y]")).astype("int64") + 1
-    return (t - np.datetime64(origin, "D")).astype("int64")
-
-
 def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
           batch_size: int = 16, device="auto", dtype=None, normalize=True, output_modality: str | None = None,
-          block_tiles=None, sensor: str | None = None, date_origin=None, window=None) -> xr.DataArray:
+          block_tiles=None, sensor: str | None = None, date_origin=None, window=None, like=None) -> xr.DataArray:
     """Embed a multi-sensor cube with AnySat, lazily.
 
     Args:
@@ -156,6 +134,9 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
         window: ``((y_offset, x_offset), (height, width))`` in metres from the cube's top-left
             corner: embed only this part, the data around it serving as halo. Offsets that are
             multiples of the tile size give exactly the cells of a whole-cube run.
+        like: an odc-geo ``GeoBox``, or an xarray object on a grid (e.g. another embedding):
+            embed exactly its cells (same CRS and cell size, corner on the cube's grid of cells,
+            inside the cube); instead of ``window``.
 
     Returns:
         A lazy ``DataArray`` named ``"embedding"``, dims ``("feature", "y", "x")``, float32, with
@@ -169,81 +150,105 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
         >>> emb.sizes["y"], emb.sizes["x"], emb.dims
         (3, 2, ('feature', 'y', 'x'))
     """
-    cube = as_cube(data, sensor)
-    job, arrays = plan_job(cube, patch_size, output, model=model, tile_size=tile_size, overlap=overlap,
+    options = EmbedOptions(patch_size, output, tile_size=tile_size, overlap=overlap, window=window,
                            batch_size=batch_size, device=device, dtype=dtype, normalize=normalize,
-                           output_modality=output_modality, block_tiles=block_tiles, date_origin=date_origin,
-                           window=window)
-    return _to_dataarray(cube, job, _graph(job, arrays), normalize_attrs=arrays["__norm__"])
+                           output_modality=output_modality, block_tiles=block_tiles, sensor=sensor,
+                           date_origin=date_origin)
+    return embed_with(data, options, model=model, like=like)
 
 
-def plan_job(cube: Cube, patch_size, output, *, model, tile_size, overlap, batch_size, device, dtype, normalize,
-             output_modality, block_tiles, date_origin, window=None, ref: ModelRef | None = None):
-    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays.
-
-    The first half of ``embed``: geometry, model reference, normalisation and input chunking;
-    no graph is built and no pixel is read.
+def embed_with(data, options: EmbedOptions, *, model=None, ref: ModelRef | None = None, like=None) -> xr.DataArray:
+    """``embed`` with its settings as an ``EmbedOptions`` (what ``embed_to_zarr``, ``predict`` and
+    the CLI call).
 
     Args:
-        cube: a ``Cube`` (``xanysat.cube.read.as_cube``).
-        patch_size: as for ``embed``; so are ``output``, ``model``, ``tile_size``, ``overlap``,
-            ``batch_size``, ``device``, ``dtype``, ``normalize``, ``output_modality``,
-            ``block_tiles``, ``date_origin`` and ``window``.
-        ref: a ``ModelRef`` to use instead of resolving ``model``, ``device`` and ``dtype``.
-
-    Returns:
-        ``(job, arrays)``: the ``EmbedJob``, and per sensor its normalised dask array in
-        projector band order chunked by output blocks (plus ``"__norm__"``: the statistics used,
-        for the output's attrs).
+        data: any input ``xanysat.cube.prepare.prepare`` accepts, or prepared ``Inputs``.
+        options: the settings.
+        model: as for ``embed``; ignored when ``ref`` is given.
+        ref: the ``ModelRef`` to run (already resolved).
+        like: as for ``embed``.
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=None, date_origin=None)
-        >>> arrays["s2"].shape, arrays["s2"].chunksize, round(arrays["__norm__"]["s2"]["mean"][0], 2)
-        ((3, 10, 12, 8), (3, 10, 12, 8), 4304.33)
+        >>> emb = embed_with(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=2), EmbedOptions(40),
+        ...                  model="untrained-tiny")
+        >>> emb.dims, emb.attrs["dates"]
+        (('feature', 'y', 'x'), 'day of year (1 = 1 January)')
     """
-    names = tuple(cube.sensors)
-    offset, extent = _window(cube, window)
-    ref = ref or model_ref(model, device=device, dtype=dtype)
-    check_model_sensors(ref, names)
-    preferred = model_tile_m(ref)
-    tile_bytes = None
-    if block_tiles is None:
-        geometry0 = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size,
-                                  overlap=overlap, block_tiles=1, output_modality=output_modality,
-                                  preferred_tile_m=preferred)
-        tile_bytes = sum(_window_bytes(s, geometry0.tile_m, overlap) for s in cube.sensors.values())
-    geometry = make_geometry(extent, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                             block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
-                             offset_m=offset, preferred_tile_m=preferred)
-    if output == "dense":
-        output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
-    features = _features(ref) * (2 if output == "dense" else 1)
-    stats = resolve_normalization(names, normalize, _model_stats(ref))
+    ref = ref or model_ref(model, device=options.device, dtype=options.dtype)
+    inputs = prepare(data, sensor=options.sensor, normalize=options.normalize, date_origin=options.date_origin,
+                     model_stats=client_model(ref).card.normalization)
+    if like is not None:
+        if options.window is not None:
+            raise ValueError("give window= or like=, not both.")
+        cell = job_geometry(inputs, options, ref).cell_m
+        options = options.replace(window=window_for(as_geobox(like), inputs.cube, cell))
+    job, arrays = plan_job(inputs, options, ref)
+    return to_dataarray(inputs, job, options, _graph(job, arrays))
+
+
+def job_geometry(inputs: Inputs, options: EmbedOptions, ref: ModelRef) -> Geometry:
+    """Tiles, blocks and output cells of an embedding job (``make_geometry`` with the model's
+    training tile size as the default, and blocks sized by their input bytes)."""
+    offset, extent = _window(inputs.cube, options.window)
+    sensors = [s.read for s in inputs.sensors.values()]
+    return make_geometry(extent, options.patch_size, inputs.names, output=options.output,
+                         tile_size=options.tile_size, overlap=options.overlap, block_tiles=options.block_tiles,
+                         output_modality=options.output_modality, offset_m=offset,
+                         tile_bytes=lambda tile_m: sum(_window_bytes(s, tile_m, options.overlap) for s in sensors),
+                         preferred_tile_m=model_tile_m(ref))
+
+
+def plan_job(inputs: Inputs, options: EmbedOptions, ref: ModelRef):
+    """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays.
+
+    The first half of ``embed``: geometry, model checks and input chunking; no graph is built
+    and no pixel is read.
+
+    Args:
+        inputs: the prepared ``Inputs`` (``xanysat.cube.prepare.prepare``) of a gridded cube.
+        options: the ``EmbedOptions``.
+        ref: the ``ModelRef`` to run.
+
+    Returns:
+        ``(job, arrays)``: the ``EmbedJob``, and per sensor its normalised dask array in
+        projector band order chunked by output blocks.
+
+    Example:
+        >>> from xanysat.cube.prepare import prepare
+        >>> from xanysat.testing import synthetic_cube
+        >>> ref = model_ref("untrained-tiny", device="cpu")
+        >>> job, arrays = plan_job(prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3)), EmbedOptions(40), ref)
+        >>> arrays["s2"].shape, arrays["s2"].chunksize, job.features
+        ((3, 10, 12, 8), (3, 10, 12, 8), 256)
+    """
+    if inputs.cube is None:
+        raise ValueError("embed takes a gridded cube (y/x dims); for point samples use xanysat.embed_points.")
+    check_model_sensors(ref, inputs.names)
+    geometry = job_geometry(inputs, options, ref)
+    output_modality = dense_sensor(inputs.names, options)
+    features = _features(ref) * (2 if options.output == "dense" else 1)
     plans, arrays = [], {}
-    for name, s in cube.sensors.items():
-        chunk_px = _chunk_px(s, geometry)
-        values = projector_bands(s)
-        if stats[name] is not None:
-            mean = xr.DataArray(np.asarray(stats[name].mean, "float32"), dims="band")
-            std = xr.DataArray(np.asarray(stats[name].std, "float32"), dims="band")
-            values = (values - mean) / std
+    for name, s in inputs.sensors.items():
+        chunk_px = _chunk_px(s.read, geometry)
+        values = s.normalized()
         chunks = {"band": -1, "y": chunk_px[0], "x": chunk_px[1]}
         if "time" in values.dims:
             chunks["time"] = -1
         arrays[name] = values.chunk(chunks).data
-        doy = None if s.dates is None else tuple(float(d) for d in day_of_year(s.dates, date_origin))
-        n_dates = 0 if s.dates is None else len(s.dates)
-        plans.append(SensorPlan(name, s.resolution_m, s.shape_px, chunk_px, doy, n_dates, MODALITIES[name].n_bands))
-    job = EmbedJob(ref, geometry, tuple(plans), int(batch_size), output_modality, features)
-    arrays["__norm__"] = {
-        n: None if v is None else {"mean": list(v.mean), "std": list(v.std), "source": v.source}
-        for n, v in stats.items()
-    }
+        doy = None if s.days is None else tuple(float(d) for d in s.days)
+        n_dates = 0 if s.days is None else len(s.days)
+        plans.append(SensorPlan(name, s.read.resolution_m, s.read.shape_px, chunk_px, doy, n_dates,
+                                MODALITIES[name].n_bands))
+    job = EmbedJob(ref, geometry, tuple(plans), options.batch_size, output_modality, features)
     return job, arrays
+
+
+def dense_sensor(names, options: EmbedOptions) -> str | None:
+    """The sensor whose sub-patches a ``"dense"`` output follows (``None`` for other outputs)."""
+    if options.output != "dense":
+        return options.output_modality
+    return options.output_modality or next(n for n in names if not MODALITIES[n].tile_token)
 
 
 def _window(cube: Cube, window):
@@ -256,10 +261,6 @@ def _window(cube: Cube, window):
     if min(oy, ox) < 0 or min(h, w) <= 0 or oy + h > cube.extent_m[0] + 1e-6 or ox + w > cube.extent_m[1] + 1e-6:
         raise ValueError(f"window {window!r} is not inside the cube's {cube.extent_m[0]:g} m x {cube.extent_m[1]:g} m.")
     return (float(oy), float(ox)), (float(h), float(w))
-
-
-def _model_stats(ref: ModelRef) -> dict:
-    return getattr(client_model(ref), "normalization", {})
 
 
 def check_model_sensors(ref: ModelRef, sensors) -> None:
@@ -283,14 +284,14 @@ def check_model_sensors(ref: ModelRef, sensors) -> None:
 
 
 def model_tile_m(ref: ModelRef) -> float | None:
-    """The tile side (metres) the model was trained on, when it records one (``model.tile_m``).
+    """The tile side (metres) the model was trained on, when it records one (``model.card.tile_m``).
 
     Example:
         >>> from xanysat.cube.runtime import model_ref
         >>> model_tile_m(model_ref("untrained-tiny", device="cpu")) is None
         True
     """
-    return getattr(client_model(ref), "tile_m", None)
+    return client_model(ref).card.tile_m
 
 
 def _features(ref: ModelRef) -> int:
@@ -324,10 +325,9 @@ def pixel_window(plan: SensorPlan, g: Geometry, block: tuple[int, int]) -> tuple
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=1, date_origin=None)
+        >>> from xanysat.cube.prepare import prepare
+        >>> inputs = prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(inputs, EmbedOptions(40, tile_size=40, overlap=40, block_tiles=1), model_ref("untrained-tiny", device="cpu"))
         >>> pixel_window(job.sensors[0], job.geometry, (0, 0))  # 40 m tiles of 4 x 4 pixels, 40 m halo
         ((-4, 8), (-4, 8))
     """
@@ -354,10 +354,9 @@ def chunk_range(plan: SensorPlan, g: Geometry, block) -> tuple[range, range]:
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, _ = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=40, overlap=40,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=1, date_origin=None)
+        >>> from xanysat.cube.prepare import prepare
+        >>> inputs = prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, _ = plan_job(inputs, EmbedOptions(40, tile_size=40, overlap=40, block_tiles=1), model_ref("untrained-tiny", device="cpu"))
         >>> s2 = job.sensors[0]
         >>> s2.chunk_px, s2.n_chunks, pixel_window(s2, job.geometry, (1, 1))
         ((4, 4), (3, 2), ((0, 12), (0, 12)))
@@ -439,12 +438,11 @@ def embed_block(job: EmbedJob, bi: int, bj: int, *pieces) -> np.ndarray:
 
     Example:
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
-        >>> job, arrays = plan_job(cube, 40, "patch", model="untrained-tiny", tile_size=None, overlap=0,
-        ...     batch_size=16, device="cpu", dtype=None, normalize=True, output_modality=None,
-        ...     block_tiles=None, date_origin=None)
+        >>> from xanysat.cube.prepare import prepare
+        >>> inputs = prepare(synthetic_cube(("s2",), extent_m=(120, 80), n_dates=3))
+        >>> job, arrays = plan_job(inputs, EmbedOptions(40), model_ref("untrained-tiny", device="cpu"))
         >>> out = embed_block(job, 0, 0, [[np.asarray(arrays["s2"]), 0, 0]])
-        >>> out.shape, np.allclose(out, embed(cube, 40, model="untrained-tiny").values)
+        >>> out.shape, np.allclose(out, embed(inputs, 40, model="untrained-tiny").values)
         ((256, 3, 2), True)
     """
     from xanysat.cube.blocks import run_block
@@ -452,58 +450,17 @@ def embed_block(job: EmbedJob, bi: int, bj: int, *pieces) -> np.ndarray:
     return run_block(job, (bi, bj), pieces)
 
 
-def _to_dataarray(cube: Cube, job: EmbedJob, array, normalize_attrs) -> xr.DataArray:
-    import xanysat
-
+def to_dataarray(inputs: Inputs, job: EmbedJob, options: EmbedOptions, array) -> xr.DataArray:
+    """The embedding as a georeferenced ``DataArray``: cells on ``output_geobox``, CRS and
+    transform written, provenance attrs from ``describe``."""
     g = job.geometry
-    x0, y0 = cube.origin[0] + g.offset_m[1], cube.origin[1] - g.offset_m[0]
-    ch, cw = g.cell_m
-    y = y0 - (np.arange(g.out_shape[0]) + 0.5) * ch
-    x = x0 + (np.arange(g.out_shape[1]) + 0.5) * cw
-    sensors = {}
-    for name, s in cube.sensors.items():
-        _, missing = s.band_indices
-        derived = [b for b in missing if b in MODALITIES[name].derived_bands and _ratio_ok(s, b)]
-        sensors[name] = {
-            "bands": list(s.bands),
-            "missing_bands": [b for b in missing if b not in derived],
-            "dates": None if s.dates is None else [str(t)[:10] for t in s.dates.astype("datetime64[D]")],
-        }
-    attrs = {
-        "model_id": job.model.model_id,
-        "weights_sha256_16": job.model.weights,
-        "patch_size_m": g.patch_size,
-        "output": g.output,
-        "tile_size_m": list(g.tile_m),
-        "overlap_m": g.overlap,
-        "sensors": list(cube.sensors),
-        "inputs": json.dumps(sensors),
-        "normalization": json.dumps(normalize_attrs),
-        "dates": "day of year (1 = 1 January)",
-        "missing_data": "NaN/nodata pixels and absent bands masked; cells with no valid input are NaN",
-        "xanysat_version": xanysat.__version__,
-    }
-    if g.output == "dense":
-        attrs["output_modality"] = job.output_modality
-    out = xr.DataArray(
-        array, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=attrs,
-        coords={FEATURE: np.arange(job.features), "y": y, "x": x},
-    )
-    out = out.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+    box = output_geobox(inputs.cube, g)
+    facts = describe(options, inputs, g, job.model, job.features, job.output_modality)
+    out = xr.DataArray(array, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=provenance_attrs(facts, inputs),
+                       coords={FEATURE: np.arange(job.features), **grid_coords(box)})
+    out = out.rio.write_crs(inputs.cube.crs).rio.write_transform(box.affine)
     # Also list spatial_ref in 'coordinates': xarray leaves grid_mapping variables out of it, so
     # a plain xr.open_zarr / open_dataset would read spatial_ref back as a data variable and the
     # embedding would lose its CRS (decode_coords="all" was needed).
     out.encoding["coordinates"] = "spatial_ref"
     return out
-
-
-def _ratio_ok(s: SensorCube, band: str) -> bool:
-    m = MODALITIES[s.name]
-    indices, _ = s.band_indices
-    return all(indices[m.bands.index(b)] is not None for b in band.split("/"))
-
-
-def _transform(x0, y0, cw, ch):
-    from affine import Affine
-
-    return Affine(cw, 0.0, x0, 0.0, -ch, y0)

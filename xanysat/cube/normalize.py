@@ -14,28 +14,8 @@ import numpy as np
 import xarray as xr
 
 from xanysat.errors import DimensionError
+from xanysat.sensors.rules import derivable, ratio, ratio_sources
 from xanysat.sensors.table import MODALITIES, NormStats
-
-RATIO_EPS = 1e-10
-RATIO_LIMIT = 1e4
-
-
-def ratio(numerator, denominator):
-    """The derived ratio bands (``VV/VH``, ``HH/HV``) as the official loaders compute them.
-
-    Args:
-        numerator: the first band (``VV``, ``HH``): a number, numpy or xarray array.
-        denominator: the second band (``VH``, ``HV``), broadcastable against ``numerator``.
-
-    Returns:
-        ``numerator / (denominator + 1e-10)``, clipped to ``[-1e4, 1e4]``.
-
-    Example:
-        >>> import numpy as np
-        >>> ratio(np.array([0.2, 0.1]), np.array([0.05, 0.0])).round(6)  # x / 0 is clamped
-        array([4.e+00, 1.e+04])
-    """
-    return np.clip(numerator / (denominator + RATIO_EPS), -RATIO_LIMIT, RATIO_LIMIT)
 
 
 def projector_bands(sensor) -> xr.DataArray:
@@ -51,6 +31,7 @@ def projector_bands(sensor) -> xr.DataArray:
     Example:
         >>> import numpy as np
         >>> from xanysat.cube.read import as_cube
+        >>> from xanysat.sensors.rules import ratio
         >>> from xanysat.testing import synthetic_cube
         >>> ds = synthetic_cube(("s1",), extent_m=40, n_dates=2)["s1"].to_dataset()
         >>> s1 = as_cube(ds.sel(band=["VH", "VV"])).sensors["s1"]  # no ratio band, wrong order
@@ -71,8 +52,8 @@ def projector_bands(sensor) -> xr.DataArray:
     for band, index in zip(m.bands, indices):
         if index is not None:
             continue
-        if band in m.derived_bands and all(indices[m.bands.index(b)] is not None for b in band.split("/")):
-            a, b = (data.isel(band=indices[m.bands.index(x)], drop=True) for x in band.split("/"))
+        if derivable(m, band, indices):
+            a, b = (data.isel(band=indices[m.bands.index(x)], drop=True) for x in ratio_sources(band))
             layer = ratio(a, b)
         else:
             layer = xr.full_like(data.isel(band=0, drop=True), np.nan)

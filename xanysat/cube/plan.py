@@ -16,375 +16,21 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from xanysat.cube.read import Cube, as_cube
+from xanysat.cube.job import Setup, setup_job
+from xanysat.cube.options import EmbedOptions
+from xanysat.cube.regions import Regions, resolve_region_blocks, slice_pixels, worker_threads
+from xanysat.cube.tiling import Geometry
 from xanysat.sensors.table import MODALITIES
-from xanysat.cube.tiling import Geometry, make_geometry
 
 GRAPH_TASK_LIMIT = 200_000
 """Above about this many tasks, a single dask graph gets slow to build, ship and schedule."""
-TASKS_PER_WORKER = 4
-"""Default ``region_blocks``: about this many embed tasks per worker thread in a region."""
-EMBED_OPTIONS = ("model", "tile_size", "overlap", "batch_size", "device", "dtype", "normalize",
-                 "output_modality", "block_tiles", "sensor", "date_origin")
-
 _SECONDS_PER_TILE: dict[tuple, float] = {}
-
-
-# -- the job as embed would build it, without its graph -------------------------------------------
-
-
-@dataclass(frozen=True)
-class Setup:
-    """The whole-cube job: cube, geometry, model and options, as ``embed`` resolves them.
-
-    Built by ``setup_job``. ``doy(name)`` gives a sensor's dates as the day-of-year values the
-    model sees (``None`` for single-date sensors).
-
-    Attributes:
-        cube: the validated ``xanysat.cube.read.Cube``.
-        geometry: tiles, blocks and output grid (``xanysat.cube.tiling.Geometry``).
-        ref: the resolved ``xanysat.cube.runtime.ModelRef``.
-        features: output features per cell (``2 * embed_dim`` for ``output="dense"``).
-        embed_dim: the model's token width.
-        num_heads: the model's attention heads.
-        mlp_ratio: the model's MLP width ratio.
-        stats: sensor -> ``NormStats`` or ``None`` (see ``resolve_normalization``).
-        output_modality: the sensor of dense outputs, else as given.
-        options: ``embed`` keyword arguments, with the tiling fixed from ``geometry``.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> setup.features, setup.geometry.n_tiles, setup.options["tile_size"]
-        (256, (2, 3), (160, 160))
-        >>> setup.doy("s2")  # dates every 16 days from 2021-03-01
-        array([60, 76, 92])
-    """
-
-    cube: Cube
-    geometry: Geometry
-    ref: object  # xanysat.cube.runtime.ModelRef
-    features: int
-    embed_dim: int
-    num_heads: int
-    mlp_ratio: float
-    stats: dict
-    output_modality: str | None
-    options: dict
-    """``embed`` keyword arguments (those of ``EMBED_OPTIONS`` the caller gave), with the model
-    resolved; ``tile_size``, ``block_tiles`` and ``overlap`` fixed from ``geometry``."""
-
-    def doy(self, name: str):
-        from xanysat.cube.embed import day_of_year
-
-        s = self.cube.sensors[name]
-        return None if s.dates is None else day_of_year(s.dates, self.options.get("date_origin"))
-
-
-def setup_job(data, patch_size=40, output="patch", **options) -> Setup:
-    """Read the cube and resolve tiling, model and normalisation exactly as ``embed`` does.
-
-    Args:
-        data: a DataTree, Dataset or DataArray accepted by ``xanysat.embed``.
-        patch_size: patch side in metres.
-        output: ``"tile"``, ``"patch"``, ``"all"`` or ``"dense"``.
-        **options: ``embed`` keyword arguments, some of ``EMBED_OPTIONS``.
-
-    Returns:
-        A ``Setup``; no pixel is read and no dask graph is built.
-
-    Raises:
-        TypeError: an option that ``embed`` does not take.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> setup.geometry.n_blocks, setup.embed_dim, list(setup.stats)
-        ((2, 3), 256, ['s2'])
-        >>> setup_job(cube, 40, tile=160)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-            ...
-        TypeError: unexpected options ['tile']; expected some of model, tile_size, ...
-    """
-    from xanysat.cube.embed import _window_bytes
-    from xanysat.cube.normalize import resolve_normalization
-    from xanysat.cube.runtime import client_model, model_ref
-
-    unknown = set(options) - set(EMBED_OPTIONS)
-    if unknown:
-        raise TypeError(f"unexpected options {sorted(unknown)}; expected some of {', '.join(EMBED_OPTIONS)}.")
-    cube = as_cube(data, options.get("sensor"))
-    names = tuple(cube.sensors)
-    tile_size, overlap = options.get("tile_size"), options.get("overlap", 0)
-    output_modality, block_tiles = options.get("output_modality"), options.get("block_tiles")
-    ref = model_ref(options.get("model"), device=options.get("device", "auto"), dtype=options.get("dtype"))
-    cpu_model = client_model(ref)
-    tile_bytes = None
-    if block_tiles is None:  # the same default as embed: blocks sized by their input bytes
-        g0 = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                           block_tiles=1, output_modality=output_modality,
-                           preferred_tile_m=getattr(cpu_model, "tile_m", None))
-        tile_bytes = sum(_window_bytes(s, g0.tile_m, overlap) for s in cube.sensors.values())
-    g = make_geometry(cube.extent_m, patch_size, names, output=output, tile_size=tile_size, overlap=overlap,
-                      block_tiles=block_tiles, output_modality=output_modality, tile_bytes=tile_bytes,
-                      preferred_tile_m=getattr(cpu_model, "tile_m", None))
-    if output == "dense":
-        output_modality = output_modality or next(n for n in names if not MODALITIES[n].tile_token)
-    config = cpu_model.config
-    stats = resolve_normalization(names, options.get("normalize", True), getattr(cpu_model, "normalization", {}))
-    fixed = {k: v for k, v in options.items() if k != "sensor"}
-    fixed.update(tile_size=g.tile_m, block_tiles=g.block_tiles, overlap=g.overlap)
-    features = config.embed_dim * (2 if output == "dense" else 1)
-    return Setup(cube, g, ref, features, config.embed_dim, config.num_heads, config.mlp_ratio, stats,
-                 output_modality, fixed)
-
-
-# -- regions: rectangles of whole blocks, embedded and written one at a time --------------------------
-
-
-@dataclass(frozen=True)
-class Regions:
-    """The whole cube's blocks grouped into rectangles of ``region_blocks`` blocks.
-
-    Iterating gives the regions' ``(row, column)`` indices, row-major; ``blocks``, ``metres``
-    and ``cells`` locate one region.
-
-    Attributes:
-        geometry: the whole-cube ``Geometry``.
-        region_blocks: blocks per region along y and x.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> regions = Regions(setup.geometry, (1, 2))  # 2 x 3 blocks of one 160 m tile
-        >>> regions.shape, regions.count, list(regions)
-        ((2, 2), 4, [(0, 0), (0, 1), (1, 0), (1, 1)])
-        >>> regions.blocks((1, 1)), regions.metres((1, 1))
-        (((1, 2), (2, 3)), ((160.0, 320.0), (320.0, 480.0)))
-        >>> regions.cells((1, 1))
-        (slice(4, 8, None), slice(8, 12, None))
-    """
-
-    geometry: Geometry
-    region_blocks: tuple[int, int]
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(math.ceil(n / r) for n, r in zip(self.geometry.n_blocks, self.region_blocks))
-
-    @property
-    def count(self) -> int:
-        return self.shape[0] * self.shape[1]
-
-    def __iter__(self):
-        for i in range(self.shape[0]):
-            for j in range(self.shape[1]):
-                yield i, j
-
-    def blocks(self, region) -> tuple[tuple[int, int], tuple[int, int]]:
-        """Blocks ``[start, stop)`` along y and x."""
-        return tuple((r * rb, min((r + 1) * rb, nb))
-                     for r, rb, nb in zip(region, self.region_blocks, self.geometry.n_blocks))
-
-    def metres(self, region) -> tuple[tuple[float, float], tuple[float, float]]:
-        """The region's ``[start, stop)`` in metres from the cube's top-left corner, clipped to the cube."""
-        g = self.geometry
-        out = []
-        for axis, (b0, b1) in enumerate(self.blocks(region)):
-            t0 = b0 * g.block_tiles[axis]
-            t1 = min(b1 * g.block_tiles[axis], g.n_tiles[axis])
-            out.append((float(t0 * g.tile_m[axis]), float(min(t1 * g.tile_m[axis], g.extent_m[axis]))))
-        return tuple(out)
-
-    def cells(self, region) -> tuple[slice, slice]:
-        """The region's output cells (rows, columns) in the whole-cube output."""
-        g = self.geometry
-        out = []
-        for axis, (b0, b1) in enumerate(self.blocks(region)):
-            step = g.block_tiles[axis] * g.cells_per_tile[axis]
-            out.append(slice(b0 * step, min(b1 * step, g.out_shape[axis])))
-        return tuple(out)
-
-
-def default_region_blocks(geometry: Geometry, workers: int, cube: Cube | None = None) -> tuple[int, int]:
-    """About ``TASKS_PER_WORKER`` blocks per worker thread, square-ish, and at least one input
-    chunk wide (a region reads whole input chunks: narrower regions would read them again and again).
-
-    Args:
-        geometry: the whole-cube ``Geometry``.
-        workers: worker threads (see ``worker_threads``).
-        cube: the input ``Cube``, to widen regions to its dask chunks; None: ignore chunks.
-
-    Returns:
-        Blocks per region along y and x, at most the cube's.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> setup.geometry.n_blocks
-        (2, 3)
-        >>> default_region_blocks(setup.geometry, 1), default_region_blocks(setup.geometry, 8)
-        ((2, 2), (2, 3))
-    """
-    target = max(4, TASKS_PER_WORKER * max(1, workers))
-    ny, nx = geometry.n_blocks
-    side = max(1, math.isqrt(target))
-    ry = min(ny, side)
-    rx = min(nx, max(1, math.ceil(target / ry)))
-    if rx == nx and ry < ny:
-        ry = min(ny, max(ry, math.ceil(target / rx)))
-    chunk_m = _input_chunk_m(cube) if cube is not None else (0.0, 0.0)
-    ry, rx = (min(n, max(r, math.ceil(round(c / b, 6))))
-              for n, r, c, b in zip((ny, nx), (ry, rx), chunk_m, geometry.block_m))
-    return ry, rx
-
-
-def _input_chunk_m(cube: Cube) -> tuple[float, float]:
-    """The largest input chunk side in metres along y and x (0 for numpy-backed sensors)."""
-    out = [0.0, 0.0]
-    for s in cube.sensors.values():
-        chunks = getattr(s.data, "chunks", None)
-        if not chunks or MODALITIES[s.name].tile_token:
-            continue
-        for axis, dim in enumerate(("y", "x")):
-            out[axis] = max(out[axis], max(chunks[s.data.dims.index(dim)]) * s.resolution_m)
-    return tuple(out)
-
-
-def resolve_region_blocks(geometry: Geometry, region_blocks, workers: int, cube: Cube | None = None) -> tuple[int, int]:
-    """``region_blocks`` as a pair clipped to the cube, or the default (see ``default_region_blocks``).
-
-    Args:
-        geometry: the whole-cube ``Geometry``.
-        region_blocks: an int, a ``(rows, cols)`` pair, or None for the default.
-        workers: worker threads, for the default.
-        cube: the input ``Cube``, for the default.
-
-    Returns:
-        Blocks per region along y and x.
-
-    Raises:
-        ValueError: ``region_blocks`` is not a positive int or pair.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> resolve_region_blocks(setup.geometry, 5, workers=1)  # clipped to 2 x 3 blocks
-        (2, 3)
-        >>> resolve_region_blocks(setup.geometry, 0, workers=1)
-        Traceback (most recent call last):
-            ...
-        ValueError: region_blocks must be a positive int or a (rows, cols) pair, got 0.
-    """
-    if region_blocks is None:
-        return default_region_blocks(geometry, workers, cube)
-    rb = (region_blocks, region_blocks) if isinstance(region_blocks, (int, np.integer)) else tuple(region_blocks)
-    if len(rb) != 2 or min(int(r) for r in rb) < 1:
-        raise ValueError(f"region_blocks must be a positive int or a (rows, cols) pair, got {region_blocks!r}.")
-    return tuple(min(int(r), n) for r, n in zip(rb, geometry.n_blocks))
-
-
-def worker_threads(client=None) -> int:
-    """Threads that will run tasks: the distributed client's (given or default), else this machine's.
-
-    Args:
-        client: a ``dask.distributed`` client, or None for the default client if any.
-
-    Returns:
-        The number of threads, at least 1.
-
-    Example:
-        >>> class FakeClient:  # two workers of 2 and 4 threads
-        ...     def nthreads(self):
-        ...         return {"tcp://a": 2, "tcp://b": 4}
-        >>> worker_threads(FakeClient())
-        6
-        >>> worker_threads() >= 1
-        True
-    """
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-    if client is not None:
-        return max(1, sum(client.nthreads().values()))
-    import dask
-
-    return int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-
-
-def alignment_m(cube: Cube) -> float:
-    """Smallest length that is a whole number of pixels of every sensor: region slices start on it,
-    so that every sensor's slice keeps the shared grid origin.
-
-    Args:
-        cube: the input ``Cube``.
-
-    Returns:
-        The least common multiple of the sensors' pixel sizes (to the millimetre), in metres.
-
-    Example:
-        >>> from xanysat.cube.read import as_cube
-        >>> from xanysat.testing import synthetic_cube
-        >>> alignment_m(as_cube(synthetic_cube(("naip", "aerial"), extent_m=10)))  # 1.25 m and 0.2 m
-        5.0
-    """
-    mm = [max(1, round(s.resolution_m * 1000)) for s in cube.sensors.values()]
-    step = 1
-    for m in mm:
-        step = step * m // math.gcd(step, m)
-    return step / 1000
-
-
-def slice_pixels(cube: Cube, g: Geometry, metres) -> tuple[float, dict]:
-    """Where a region's input slice starts (metres, on ``alignment_m``) and each sensor's pixel
-    rows/columns ``(start, stop)`` covering the region and its ``overlap`` halo (clipped to the
-    sensor's grid; a sensor with no pixel there is left out).
-
-    Args:
-        cube: the input ``Cube``.
-        g: the whole-cube ``Geometry``.
-        metres: the region's ``((y0, y1), (x0, x1))`` from the cube's top-left corner, as
-            ``Regions.metres`` gives it.
-
-    Returns:
-        ``(starts, pixels)``: the slice's start in metres along y and x, and sensor ->
-        ``((row0, row1), (col0, col1))``.
-
-    Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
-        >>> slice_pixels(setup.cube, setup.geometry, ((160.0, 320.0), (320.0, 480.0)))
-        ((160.0, 320.0), {'s2': ((16, 32), (32, 48))})
-    """
-    step = alignment_m(cube)
-    starts = tuple(math.floor(round(max(0.0, lo - g.overlap) / step, 6)) * step for lo, _ in metres)
-    pixels = {}
-    for name, s in cube.sensors.items():
-        box = []
-        for axis, ((lo, hi), start) in enumerate(zip(metres, starts)):
-            p0 = round(start / s.resolution_m)
-            p1 = min(s.shape_px[axis], math.ceil(round((hi + g.overlap) / s.resolution_m, 6)))
-            box.append((p0, p1))
-        if all(p1 > p0 for p0, p1 in box):
-            pixels[name] = tuple(box)
-    return starts, pixels
 
 
 # -- the plan -----------------------------------------------------------------------------------------
@@ -513,9 +159,10 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
         >>> p.read_bytes_total == 3 * 10 * 32 * 48 * 4
         True
     """
-    setup = setup_job(data, patch_size, output, model=model, tile_size=tile_size, overlap=overlap,
-                      block_tiles=block_tiles, dtype=dtype, device=device, sensor=sensor, batch_size=batch_size,
-                      normalize=normalize, output_modality=output_modality, date_origin=date_origin)
+    options = EmbedOptions(patch_size, output, tile_size=tile_size, overlap=overlap, block_tiles=block_tiles,
+                           dtype=dtype, device=device, sensor=sensor, batch_size=batch_size, normalize=normalize,
+                           output_modality=output_modality, date_origin=date_origin)
+    setup = setup_job(data, options, model=model, statistics=False)
     cube, g, ref = setup.cube, setup.geometry, setup.ref
     workers = worker_threads(client)
     regions = Regions(g, resolve_region_blocks(g, region_blocks, workers, cube))
@@ -594,11 +241,10 @@ def _sensor_tasks(setup: Setup, name: str, n_in: int, n_blocks: int, sliced: boo
         return n_blocks
     band_chunks = len(s.data.chunks[s.data.dims.index("band")])
     n_tyx = max(1, n_in // band_chunks)
-    m = MODALITIES[name]
-    indices, missing = s.band_indices
-    derived = sum(1 for b in missing if b in m.derived_bands and all(indices[m.bands.index(x)] is not None for x in b.split("/")))
+    prepared = setup.inputs.sensors[name]
+    derived, absent = len(prepared.derived), len(prepared.absent)
     per_chunk = (s.data.dtype != np.float32) + (s.nodata is not None)
-    per_tyx = per_chunk + 4 + 2 * (setup.stats.get(name) is not None) + 4 * derived + 2 * (len(missing) - derived)
+    per_tyx = per_chunk + 4 + 2 * setup.normalized(name) + 4 * derived + 2 * absent
     halo = 8 * n_blocks if setup.geometry.overlap else 0
     return n_in * (2 if sliced else 1) + n_tyx * per_tyx + n_blocks + halo
 
@@ -616,7 +262,7 @@ def task_memory(setup: Setup) -> dict:
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
         >>> mem = task_memory(setup)
         >>> mem["output"] == 256 * 4 * 4 * 4  # 256 features x 4 x 4 cells x float32
         True
@@ -653,7 +299,7 @@ def model_memory(setup: Setup) -> int:
     the peak RSS of CPU forwards of the tiny model (within about 1.5x).
 
     Args:
-        setup: the job (see ``setup_job``); ``options["batch_size"]`` defaults to 16.
+        setup: the job (see ``setup_job``); ``options.batch_size`` tiles per forward.
 
     Returns:
         Bytes.
@@ -661,9 +307,9 @@ def model_memory(setup: Setup) -> int:
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
         >>> one = model_memory(setup)
-        >>> setup.options["batch_size"] = 32
+        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1, batch_size=32), model="untrained-tiny")
         >>> model_memory(setup) > one > 0
         True
     """
@@ -684,7 +330,7 @@ def model_memory(setup: Setup) -> int:
                  for name in setup.cube.sensors if not MODALITIES[name].tile_token)
     per_tile = 4 * (inputs + 2 * sub * d + patches * d * (4 + setup.mlp_ratio))
     working = 4 * (CHUNK_OBSERVATIONS * 4 * d + PatchEncoder.chunk_tokens * d * (4 + setup.mlp_ratio))
-    return int(setup.options.get("batch_size", 16) * per_tile + working)
+    return int(setup.options.batch_size * per_tile + working)
 
 
 def m_bands(setup: Setup, name: str) -> int:
@@ -700,7 +346,7 @@ def m_bands(setup: Setup, name: str) -> int:
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
         >>> m_bands(setup, "s2")  # 10 bands x 3 dates
         30
     """
@@ -765,7 +411,7 @@ def seconds_per_tile(setup: Setup) -> float:
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> setup = setup_job(cube, 40, model="untrained-tiny", tile_size=160, block_tiles=1)
+        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
         >>> first = seconds_per_tile(setup)
         >>> 0 < first < 60, seconds_per_tile(setup) == first  # the second call is cached
         (True, True)

@@ -16,6 +16,7 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 
 from xanysat.errors import DimensionError, ModalityError
+from xanysat.sensors.rules import absent_bands
 from xanysat.sensors.table import MODALITIES, band_index, get_modality
 
 SENSOR_ATTRS = ("anysat:sensor", "anysat_sensor", "sensor")
@@ -28,12 +29,13 @@ class SensorCube:
 
     Attributes:
         name: sensor key in the sensor table.
-        data: ``(time, band, y, x)`` for time series, ``(band, y, x)`` otherwise; lazy if the
-            input was.
+        data: ``(time, band, y, x)`` for time series, ``(band, y, x)`` otherwise; point samples
+            (``xanysat.cube.read_points``): ``(sample, obs, band)``. Lazy if the input was.
         bands: the input's band names, in the order of ``data``.
-        dates: acquisition times (``datetime64[ns]``), ``None`` for single-date sensors.
+        dates: acquisition times (``datetime64[ns]``), ``None`` for single-date sensors; for
+            point samples ``(obs,)`` shared or ``(sample, obs)`` per sample (NaT = padding).
         resolution_m: pixel size.
-        origin: ``(x, y)`` of the grid's top-left corner in the CRS.
+        origin: ``(x, y)`` of the grid's top-left corner in the CRS (``None`` for points).
         nodata: value that marks missing pixels besides NaN, or ``None``.
 
     Example:
@@ -50,8 +52,13 @@ class SensorCube:
     bands: tuple[str, ...]
     dates: np.ndarray | None
     resolution_m: float
-    origin: tuple[float, float]
+    origin: tuple[float, float] | None
     nodata: float | None
+
+    @property
+    def per_sample(self) -> bool:
+        """Whether each point sample has its own dates (a 2-D ``time(sample, obs)``)."""
+        return self.dates is not None and self.dates.ndim == 2
 
     @property
     def shape_px(self) -> tuple[int, int]:
@@ -122,7 +129,7 @@ def as_cube(obj, sensor: str | None = None) -> Cube:
     elif isinstance(obj, xr.Dataset):
         parts = _from_dataset(obj, sensor)
     elif isinstance(obj, xr.DataArray):
-        parts = [(_sensor_name(obj.name, obj.attrs, sensor, "the DataArray"), obj, obj.attrs)]
+        parts = [(sensor_name(obj.name, obj.attrs, sensor, "the DataArray"), obj, obj.attrs)]
     else:
         raise DimensionError(f"expected an xarray DataTree, Dataset or DataArray, got {type(obj).__name__}.")
     if not parts:
@@ -140,7 +147,7 @@ def as_cube(obj, sensor: str | None = None) -> Cube:
     return _on_one_grid(sensors, crs)
 
 
-def _sensor_name(name, attrs, given: str | None, where: str) -> str:
+def sensor_name(name, attrs, given: str | None, where: str) -> str:
     for key in SENSOR_ATTRS:
         if key in attrs:
             return get_modality(str(attrs[key])).name
@@ -162,31 +169,31 @@ def _from_datatree(tree: xr.DataTree) -> list:
         ds = node.to_dataset(inherit=True)
         if not ds.data_vars:
             continue
-        name = _sensor_name(node.name, {**node.attrs}, None, f"DataTree node {node.path!r}")
+        name = sensor_name(node.name, {**node.attrs}, None, f"DataTree node {node.path!r}")
         parts.append((name, _single_array(ds, name, node.path), node.attrs))
     return parts
 
 
 def _from_dataset(ds: xr.Dataset, given: str | None) -> list:
-    named = [v for v in ds.data_vars if isinstance(v, str) and (v in MODALITIES or _attr_sensor(ds[v]))]
+    named = [v for v in ds.data_vars if isinstance(v, str) and (v in MODALITIES or attr_sensor(ds[v]))]
     if named and (given is None or len(named) > 1):
         parts = []
         for var in named:
-            name = _attr_sensor(ds[var]) or var
-            parts.append((name, _strip_prefix(ds[var], var), ds[var].attrs))
+            name = attr_sensor(ds[var]) or var
+            parts.append((name, strip_prefix(ds[var], var), ds[var].attrs))
         return parts
-    name = _sensor_name(None, ds.attrs, given, "the Dataset")
+    name = sensor_name(None, ds.attrs, given, "the Dataset")
     return [(name, _single_array(ds, name, "the Dataset"), ds.attrs)]
 
 
-def _attr_sensor(da: xr.DataArray) -> str | None:
+def attr_sensor(da: xr.DataArray) -> str | None:
     for key in SENSOR_ATTRS:
         if key in da.attrs:
             return get_modality(str(da.attrs[key])).name
     return None
 
 
-def _strip_prefix(da: xr.DataArray, prefix: str) -> xr.DataArray:
+def strip_prefix(da: xr.DataArray, prefix: str) -> xr.DataArray:
     """``s2_time`` -> ``time``, ``s2_band`` -> ``band`` ... for several sensors in one Dataset; a
     sensor on its own grid has ``naip_y``/``naip_x`` dims and coordinates (-> ``y``/``x``)."""
     renames = {d: d[len(prefix) + 1:] for d in da.dims if isinstance(d, str) and d.startswith(prefix + "_")}
@@ -210,7 +217,7 @@ def _single_array(ds: xr.Dataset, name: str, where: str) -> xr.DataArray:
         return ds[with_band[0]]
     # odc-stac writes each band's nodata to the band's attrs, which stacking drops: one value
     # shared by all bands becomes the sensor's nodata; different values mask each band here.
-    nodata = {v: _nodata_of(ds[v], {}) for v in data_vars}
+    nodata = {v: nodata_of(ds[v], {}) for v in data_vars}
     values = set(nodata.values())
     if len(values) > 1:
         ds = ds.assign({v: ds[v].where(ds[v] != n) for v, n in nodata.items() if n is not None})
@@ -258,7 +265,7 @@ def _sensor_cube(name: str, da: xr.DataArray, attrs) -> SensorCube:
             f"none of {name!r}'s bands {list(bands)} is a band of the sensor: expected some of "
             f"{', '.join(m.bands)} (or their STAC asset keys / common names)."
         )
-    underived = [b for b in missing if b not in m.derived_bands or not _ratio_sources_present(m, b, indices)]
+    underived = absent_bands(m, indices)
     if underived:
         warnings.warn(
             f"{name}: bands {', '.join(underived)} absent from the input; they are filled with the "
@@ -276,28 +283,7 @@ def _sensor_cube(name: str, da: xr.DataArray, attrs) -> SensorCube:
             f"at {m.resolution_m:g} m (odc.stac.load(..., resolution={m.resolution_m:g})); xanysat never resamples."
         )
     dates = _dates_of(da, name) if m.time_series else None
-    return SensorCube(name, da, bands, dates, m.resolution_m, origin, _nodata_of(da, attrs))
-
-
-def ratio_sources(band: str) -> tuple[str, str]:
-    """A derived band ``"A/B"`` is ``A / (B + 1e-10)``: return ``(A, B)``.
-
-    Args:
-        band: a derived band name of the sensor table (``Modality.derived_bands``).
-
-    Returns:
-        The numerator and denominator band names.
-
-    Example:
-        >>> ratio_sources("VV/VH")
-        ('VV', 'VH')
-    """
-    numerator, denominator = band.split("/")
-    return numerator, denominator
-
-
-def _ratio_sources_present(m, band: str, indices) -> bool:
-    return all(indices[m.bands.index(b)] is not None for b in ratio_sources(band))
+    return SensorCube(name, da, bands, dates, m.resolution_m, origin, nodata_of(da, attrs))
 
 
 def _grid_of(da: xr.DataArray, name: str) -> tuple[float, tuple[float, float]]:
@@ -381,7 +367,7 @@ def _dates_of(da: xr.DataArray, name: str) -> np.ndarray:
     return t
 
 
-def _nodata_of(da: xr.DataArray, attrs) -> float | None:
+def nodata_of(da: xr.DataArray, attrs) -> float | None:
     for source in (da.attrs, da.encoding, attrs):
         for key in ("nodata", "_FillValue"):
             value = source.get(key)

@@ -154,8 +154,8 @@ def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
         xanysat.errors.CheckpointError: model must be an AnySat, a load_model name or directory, or None; got int.
     """
     from xanysat.nn.checkpoint import save_pretrained
-    from xanysat.nn.hub import load_model
     from xanysat.nn.encoder import AnySat
+    from xanysat.nn.hub import load_model
 
     device = "auto" if device in (None, "auto") else str(device)
     dtype = "auto" if dtype is None else resolve_dtype(dtype, "cpu")
@@ -181,7 +181,7 @@ def model_ref(model=None, *, device="auto", dtype=None) -> ModelRef:
             except OSError:  # another process saved it first
                 pass
         source = str(directory)
-    return ModelRef(source, weights, obj.model_id, device, dtype)
+    return ModelRef(source, weights, obj.card.model_id, device, dtype)
 
 
 _HASHES: dict[int, tuple[tuple, str]] = {}

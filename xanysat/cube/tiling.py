@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 
 from xanysat.errors import PatchSizeError
+from xanysat.sensors.rules import check_patch_size
 from xanysat.sensors.table import MODALITIES
 
 MAX_PATCHES_PER_TILE = 1024
@@ -109,13 +110,14 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
         overlap: halo in metres, a multiple of ``patch_size``.
         block_tiles: tiles per block side (int or pair); default from ``tile_bytes`` so that a
             task reads at most ``max_block_bytes``, at most 8 x 8 tiles.
-        tile_bytes: input bytes of one tile with its halo (for the default ``block_tiles``).
+        tile_bytes: input bytes of one tile with its halo (for the default ``block_tiles``), or a
+            function of the tile size ``(height, width)`` that gives them.
 
         output: ``"patch"``, ``"tile"`` or ``"dense"``.
         output_modality: the sensor of dense outputs (default the first patch-level one).
         max_block_bytes: input bytes a task may read, for the default ``block_tiles``.
         offset_m: where the tile grid starts inside the cube's data.
-        preferred_tile_m: the default tile side when the model has one (``model.tile_m``: the
+        preferred_tile_m: the default tile side when the model has one (``model.card.tile_m``: the
             tile size it was trained on), rounded to whole patches, instead of 32 patches.
 
     Returns:
@@ -139,17 +141,8 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
     if output not in OUTPUTS:
         extra = " (for output='all', embed twice: 'tile' and 'patch')" if output == "all" else ""
         raise ValueError(f"output must be one of {OUTPUTS}{extra}, got {output!r}.")
-    if isinstance(patch_size, bool) or not float(patch_size).is_integer() or patch_size <= 0 or patch_size % 10:
-        raise PatchSizeError(f"patch_size must be a positive multiple of 10 metres, got {patch_size!r}.")
-    patch_size = int(patch_size)
+    patch_size = check_patch_size(patch_size, sensors)
     spatial = [s for s in sensors if not MODALITIES[s].tile_token]
-    for name in spatial:
-        m = MODALITIES[name]
-        unit = m.token_m if m.token_m > 10 else 10
-        if patch_size % unit:
-            raise PatchSizeError(
-                f"{name!r} has {m.token_m:g} m tokens, so patch_size must be a multiple of {unit:g} m; got {patch_size}."
-            )
     if not spatial and output != "tile":
         raise PatchSizeError(f"{', '.join(sensors)} alone gives only a tile embedding: use output='tile'.")
     if tile_size is None:
@@ -181,6 +174,8 @@ def make_geometry(extent_m, patch_size, sensors, *, output="patch", tile_size=No
         cell_m = tuple(float(t) for t in tile_m)
     else:
         cell_m = (float(patch_size), float(patch_size))
+    if callable(tile_bytes):
+        tile_bytes = tile_bytes(tile_m)
     if block_tiles is None:
         n_tiles = [math.ceil(round(e / t, 6)) for e, t in zip(extent_m, tile_m)]
         side = 8 if not tile_bytes else max(1, min(8, math.isqrt(max(1, int(max_block_bytes // tile_bytes)))))

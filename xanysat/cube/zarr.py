@@ -36,8 +36,13 @@ import warnings
 import numpy as np
 import xarray as xr
 
-from xanysat.cube.embed import EMBEDDING, FEATURE
-from xanysat.cube.plan import Regions, Setup, resolve_region_blocks, setup_job, slice_pixels, worker_threads
+from xanysat.cube.embed import EMBEDDING, FEATURE, embed_with
+from xanysat.cube.grid import grid_coords, output_geobox
+from xanysat.cube.job import Setup, setup_job
+from xanysat.cube.options import EmbedOptions
+from xanysat.cube.options import attrs as provenance_attrs
+from xanysat.cube.options import fingerprint as settings_fingerprint
+from xanysat.cube.regions import Regions, resolve_region_blocks, slice_pixels, worker_threads
 
 MANIFEST = "anysat_manifest"
 DONE = "done"
@@ -110,8 +115,8 @@ class RegionJob:
     """The whole-cube setup, its regions and the run's fingerprint (``prepare`` builds it).
 
     Args:
-        setup: the whole-cube ``xanysat.cube.plan.Setup``.
-        regions: its ``xanysat.cube.plan.Regions``.
+        setup: the whole-cube ``xanysat.cube.job.Setup``.
+        regions: its ``xanysat.cube.regions.Regions``.
         patch_size: patch side in metres.
         output: ``"patch"``, ``"tile"`` or ``"dense"``.
 
@@ -139,17 +144,18 @@ class RegionJob:
         return self.setup.geometry
 
 
-def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=None, **embed_kwargs) -> RegionJob:
-    """Read the cube and fix the whole cube's geometry and regions (no graph, no pixel).
+def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=None, model=None,
+            **embed_kwargs) -> RegionJob:
+    """Prepare the input and fix the whole cube's geometry and regions (no graph, no pixel).
 
     Args:
-        data, patch_size, output, region_blocks, client, embed_kwargs: as for ``embed_to_zarr``.
+        data, patch_size, output, region_blocks, client, model, embed_kwargs: as for ``embed_to_zarr``.
 
     Returns:
         The ``RegionJob``.
 
     Raises:
-        TypeError: ``window`` given (``embed_to_zarr`` writes the whole cube).
+        TypeError: ``window`` given (``embed_to_zarr`` writes the whole cube), or an unknown option.
 
     Example:
         >>> from xanysat.testing import synthetic_cube
@@ -160,17 +166,18 @@ def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=N
     """
     if "window" in embed_kwargs:
         raise TypeError("embed_to_zarr writes the whole cube: crop the input instead of passing window=.")
-    setup = setup_job(data, patch_size, output, **embed_kwargs)
+    setup = setup_job(data, EmbedOptions.from_kwargs(patch_size, output, **embed_kwargs), model=model)
     regions = Regions(setup.geometry, resolve_region_blocks(setup.geometry, region_blocks, worker_threads(client),
                                                             setup.cube))
     return RegionJob(setup, regions, patch_size, output)
 
 
 def fingerprint(setup: Setup) -> dict:
-    """What the store's values depend on; a resumed run must match it key by key.
+    """What the store's values depend on; a resumed run must match it key by key
+    (``xanysat.cube.options.fingerprint`` of the job's facts).
 
     Args:
-        setup: the whole-cube ``xanysat.cube.plan.Setup``.
+        setup: the whole-cube ``xanysat.cube.job.Setup``.
 
     Returns:
         A JSON-serialisable dict: weights hash, dtype, features, patch and tile size, overlap,
@@ -186,71 +193,39 @@ def fingerprint(setup: Setup) -> dict:
         >>> fp["sensors"]["s2"]["dates"]
         ['2021-03-01T00:00:00', '2021-03-17T00:00:00']
     """
-    from pyproj import CRS
-
-    g, cube = setup.geometry, setup.cube
-    sensors = {}
-    for name, s in cube.sensors.items():
-        sensors[name] = {
-            "bands": list(s.bands), "resolution_m": s.resolution_m, "shape_px": list(s.shape_px),
-            "nodata": s.nodata,
-            "dates": None if s.dates is None else [str(t) for t in s.dates.astype("datetime64[s]")],
-        }
-    return {
-        "weights": setup.ref.weights,
-        "dtype": setup.ref.dtype,
-        "features": setup.features,
-        "patch_size_m": g.patch_size,
-        "output": g.output,
-        "output_modality": setup.output_modality,
-        "tile_size_m": list(g.tile_m),
-        "overlap_m": g.overlap,
-        "block_tiles": list(g.block_tiles),
-        "grid": {"crs": CRS.from_wkt(cube.crs).to_string(), "origin": [round(o, 3) for o in cube.origin],
-                 "extent_m": list(g.extent_m), "cell_m": list(g.cell_m), "shape": list(g.out_shape)},
-        "sensors": sensors,
-        "normalization": {n: None if v is None else {"mean": list(v.mean), "std": list(v.std)}
-                          for n, v in setup.stats.items()},
-        "date_origin": None if setup.options.get("date_origin") is None else str(setup.options["date_origin"]),
-    }
+    return settings_fingerprint(setup.facts())
 
 
 # -- one region -----------------------------------------------------------------------------------------
 
 
-def region_input(job: RegionJob, region) -> tuple[xr.DataTree, tuple[tuple, tuple]]:
-    """The input of a region, sliced lazily with its halo (clipped to the cube), as a DataTree, and
-    the ``window`` of the region inside it.
+def region_input(job: RegionJob, region):
+    """The prepared input of a region, cropped lazily with its halo (clipped to the cube), and the
+    ``window`` of the region inside it.
 
     Args:
         job: the ``RegionJob``.
         region: ``(row, column)`` of the region.
 
     Returns:
-        ``(tree, window)``: one node per sensor, and ``((y_offset, x_offset), (height, width))``
-        in metres, as ``embed(..., window=)`` takes it.
+        ``(inputs, window)``: the cropped ``xanysat.cube.prepare.Inputs`` (statistics as resolved
+        for the whole cube), and ``((y_offset, x_offset), (height, width))`` in metres, as
+        ``embed(..., window=)`` takes it.
 
     Example:
         >>> from xanysat.testing import synthetic_cube
         >>> cube = synthetic_cube(("s2",), extent_m=(160, 320), n_dates=2)
         >>> job = prepare(cube, 40, model="untrained-tiny", tile_size=160, overlap=40, block_tiles=1,
         ...               region_blocks=1)
-        >>> tree, window = region_input(job, (0, 1))  # the eastern half and a 40 m halo to its west
-        >>> window, dict(tree["s2"]["s2"].sizes)
+        >>> inputs, window = region_input(job, (0, 1))  # the eastern half and a 40 m halo to its west
+        >>> window, dict(inputs.sensors["s2"].read.data.sizes)
         (((0.0, 40.0), (160.0, 160.0)), {'time': 2, 'band': 10, 'y': 16, 'x': 20})
     """
     cube, g = job.setup.cube, job.geometry
     metres = job.regions.metres(region)
     starts, pixels = slice_pixels(cube, g, metres)
-    nodes = {}
-    for name, ((y0, y1), (x0, x1)) in pixels.items():
-        s = cube.sensors[name]
-        da = s.data.isel(y=slice(y0, y1), x=slice(x0, x1))
-        da = da.drop_vars([c for c in da.coords if c not in da.dims])
-        da.attrs, da.encoding = ({} if s.nodata is None else {"nodata": s.nodata}), {}
-        nodes[name] = da.rename(name).to_dataset().rio.write_crs(cube.crs)
     window = (tuple(lo - start for (lo, _), start in zip(metres, starts)), tuple(hi - lo for lo, hi in metres))
-    return xr.DataTree.from_dict(nodes), window
+    return job.setup.inputs.crop(pixels), window
 
 
 def region_embedding(job: RegionJob, region) -> xr.DataArray:
@@ -277,12 +252,8 @@ def region_embedding(job: RegionJob, region) -> xr.DataArray:
         >>> dict(east.sizes), np.allclose(east.values, whole.isel(x=slice(4, 8)).values)
         ({'feature': 256, 'y': 4, 'x': 4}, True)
     """
-    from xanysat.cube.embed import embed
-
-    tree, window = region_input(job, region)
-    with warnings.catch_warnings():  # partial-coverage and missing-band warnings were given for the whole cube
-        warnings.simplefilter("ignore", UserWarning)
-        emb = embed(tree, job.patch_size, job.output, window=window, **job.setup.options)
+    inputs, window = region_input(job, region)
+    emb = embed_with(inputs, job.setup.options.replace(window=window), ref=job.setup.ref)
     ys, xs = job.regions.cells(region)
     expected = (ys.stop - ys.start, xs.stop - xs.start)
     if (emb.sizes["y"], emb.sizes["x"]) != expected:
@@ -443,21 +414,15 @@ def template(job: RegionJob) -> xr.Dataset:
     """
     import dask.array as dsa
 
-    from xanysat.cube.embed import _transform
-
     g, cube = job.geometry, job.setup.cube
-    first = region_embedding(job, (0, 0))  # all sensors start at the origin: its attrs are the whole cube's
-    x0, y0 = cube.origin
-    ch, cw = g.cell_m
-    ny, nx = g.out_shape
+    box = output_geobox(cube, g)
     chunks = ((job.setup.features,), *g.out_chunks)
-    data = dsa.full((job.setup.features, ny, nx), np.nan, dtype="float32", chunks=chunks)
+    data = dsa.full((job.setup.features, *g.out_shape), np.nan, dtype="float32", chunks=chunks)
     emb = xr.DataArray(
-        data, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=dict(first.attrs),
-        coords={FEATURE: np.arange(job.setup.features), "y": y0 - (np.arange(ny) + 0.5) * ch,
-                "x": x0 + (np.arange(nx) + 0.5) * cw},
+        data, dims=(FEATURE, "y", "x"), name=EMBEDDING, attrs=provenance_attrs(job.setup.facts(), job.setup.inputs),
+        coords={FEATURE: np.arange(job.setup.features), **grid_coords(box)},
     )
-    emb = emb.rio.write_crs(cube.crs).rio.write_transform(_transform(x0, y0, cw, ch))
+    emb = emb.rio.write_crs(cube.crs).rio.write_transform(box.affine)
     ds = emb.to_dataset()
     ds[EMBEDDING].encoding["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr keeps the CRS
     ds.attrs[FINGERPRINT] = json.dumps(job.fingerprint, sort_keys=True)

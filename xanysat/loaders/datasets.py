@@ -39,12 +39,12 @@ import torch
 import xarray as xr
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
-from xanysat.cube.read import Cube, SensorCube, as_cube
-from xanysat.cube.embed import day_of_year
+from xanysat.cube.normalize import projector_bands
+from xanysat.cube.prepare import prepare
+from xanysat.cube.read import Cube, SensorCube
 from xanysat.errors import DimensionError
-from xanysat.sensors.table import MODALITIES
-from xanysat.cube.normalize import projector_bands, resolve_normalization
 from xanysat.loaders.samplers import TileQuery, in_time
+from xanysat.sensors.table import MODALITIES
 
 __all__ = ["IGNORE_INDEX", "LABEL_KINDS", "CubeDataset", "IterableCubeDataset", "PointDataset", "collate"]
 
@@ -113,13 +113,15 @@ class _TileReader(_ProcessLocal):
     """Cuts one ``TileQuery`` out of a cube into a sample dict."""
 
     def __init__(self, data, *, normalize, sensor, date_origin, labels, label_kind, num_classes, ignore_index):
-        cube = data if isinstance(data, Cube) else as_cube(data, sensor)
+        inputs = prepare(data, sensor=sensor, normalize=normalize, date_origin=date_origin)
+        if inputs.cube is None:
+            raise DimensionError("CubeDataset takes a gridded cube (y/x dims); for point samples use PointDataset.")
+        cube = inputs.cube
         self.origin, self.crs = cube.origin, cube.crs
-        stats = resolve_normalization(tuple(cube.sensors), normalize)
         self.sources = {}
-        for name, s in cube.sensors.items():
-            doy = None if s.dates is None else day_of_year(s.dates, date_origin).astype("float32")
-            self.sources[name] = _Source(s, doy, *_stats(stats[name]))
+        for name, s in inputs.sensors.items():
+            doy = None if s.days is None else s.days.astype("float32")
+            self.sources[name] = _Source(s.read, doy, *_stats(s.stats))
         self.labels = None if labels is None else _read_labels(labels, cube, label_kind, num_classes, ignore_index)
         self._check_process()
 
@@ -255,7 +257,7 @@ class _RasterLabels:
     def read(cls, da: xr.DataArray, cube: Cube, kind, num_classes, ignore_index) -> _RasterLabels:
         from pyproj import CRS
 
-        from xanysat.cube.read import _nodata_of
+        from xanysat.cube.read import nodata_of
 
         _need_classes(kind, num_classes)
         extra = [d for d in da.dims if d not in ("y", "x")]
@@ -279,7 +281,7 @@ class _RasterLabels:
                 f"the labels' pixels ({res:g} m, top-left corner ({x0:.3f}, {y0:.3f})) do not line up with the cube's "
                 f"corner ({cube.origin[0]:.3f}, {cube.origin[1]:.3f}); the offset must be a whole number of label pixels."
             )
-        return cls(da, res, (round(corner[0]), round(corner[1])), _nodata_of(da, {}), kind, num_classes, ignore_index)
+        return cls(da, res, (round(corner[0]), round(corner[1])), nodata_of(da, {}), kind, num_classes, ignore_index)
 
     def bounds(self, query: TileQuery) -> tuple[tuple[int, int], tuple[int, int]]:
         """The tile's rows and columns in the label raster."""
@@ -532,18 +534,20 @@ class PointDataset(_ProcessLocal, Dataset):
 
     def __init__(self, data, *, labels=None, classes=None, ignore_index: int = IGNORE_INDEX, normalize=True,
                  sensor: str | None = None, date_origin=None):
-        from xanysat.cube.points import _day_numbers, _read_points, _tile_m
+        from xanysat.cube.points import point_tile_m
 
-        points = _read_points(data, sensor)
-        self.patch_size = _tile_m(points)
+        inputs = prepare(data, sensor=sensor, normalize=normalize, date_origin=date_origin)
+        if inputs.kind != "points":
+            raise DimensionError("PointDataset takes point samples (a 'sample' dim); for a gridded cube use "
+                                 "CubeDataset.")
+        self.patch_size = point_tile_m(inputs.names)
         self.tile_size_m = (float(self.patch_size),) * 2
-        stats = resolve_normalization(tuple(points), normalize)
         self.sources = {}
-        for name, s in points.items():
-            mean, std = _stats(stats[name])
-            self.sources[name] = (s, _day_numbers(s.dates, date_origin),
+        for name, s in inputs.sensors.items():
+            mean, std = _stats(s.stats)
+            self.sources[name] = (s.read, s.days.astype("float32"),
                                   None if mean is None else mean.reshape(-1), None if std is None else std.reshape(-1))
-        self.n = next(iter(points.values())).data.sizes["sample"]
+        self.n = inputs.n_samples
         self.ignore_index = ignore_index
         self.labels, self.classes = (None, None) if labels is None else _sample_labels(
             data, labels, classes, ignore_index, self.n)

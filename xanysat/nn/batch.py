@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from xanysat.errors import DimensionError, ModalityError, PatchSizeError
+from xanysat.sensors import rules
 from xanysat.sensors.table import MODALITIES, Modality, get_modality
 
 OUTPUTS = ("tile", "patch", "all", "dense")
@@ -144,24 +145,15 @@ def check_patch_size(patch_size: int, extent: tuple[float, float], sensors: tupl
         >>> check_patch_size(20, (60.0, 60.0), ("l7",))
         Traceback (most recent call last):
             ...
-        xanysat.errors.PatchSizeError: 'l7' has 30 m pixels, so patch_size must be a multiple of 30 m; got 20.
+        xanysat.errors.PatchSizeError: 'l7' has 30 m tokens, so patch_size must be a multiple of 30 m; got 20.
     """
-    if isinstance(patch_size, bool) or not float(patch_size).is_integer() or patch_size <= 0 or patch_size % 10:
-        raise PatchSizeError(f"patch_size must be a positive multiple of 10 metres, got {patch_size!r}.")
-    patch_size = int(patch_size)
+    patch_size = rules.check_patch_size(patch_size, sensors)
     for side in extent:
         if side % patch_size:
             ok = [p for p in range(10, int(min(extent)) + 1, 10) if all(e % p == 0 for e in extent)]
             raise PatchSizeError(
                 f"patch_size {patch_size} m does not divide the {extent[0]:g} m x {extent[1]:g} m tile "
                 f"(the release would silently crop it). Use one of {ok} or pad/crop the tile."
-            )
-    for name in sensors:
-        m = MODALITIES[name]
-        if not m.tile_token and m.token_m > 10 and patch_size % m.token_m:
-            raise PatchSizeError(
-                f"{name!r} has {m.token_m:g} m pixels, so patch_size must be a multiple of {m.token_m:g} m; "
-                f"got {patch_size}."
             )
     return patch_size // 10
 

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from xanysat.errors import CheckpointError
+from xanysat.nn.card import ModelCard
 from xanysat.nn.encoder import AnySat, AnySatConfig
 from xanysat.nn.state import load_state
 
@@ -286,12 +287,12 @@ def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | Non
     """Write ``model.safetensors`` and ``config.json`` (xanysat's format) into ``directory``.
 
     ``config.json`` holds the architecture, the model id and the normalisation statistics the
-    model carries (``model.normalization``).
+    model carries (``model.card``).
 
     Args:
         model: an ``AnySat``.
         directory: created if needed; existing files are overwritten.
-        model_id: recorded id (default ``model.model_id``).
+        model_id: recorded id (default ``model.card.model_id``).
         card: text of a ``README.md`` model card (none when empty).
 
     Returns:
@@ -313,10 +314,8 @@ def save_pretrained(model: AnySat, directory: str | Path, *, model_id: str | Non
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, directory / "model.safetensors")
-    meta = {"format": "xanysat", "model_id": model_id or model.model_id, "config": model.config.to_dict(),
-            "normalization": {k: {"mean": list(v.mean), "std": list(v.std), "source": v.source}
-                              for k, v in getattr(model, "normalization", {}).items()},
-            "tile_m": getattr(model, "tile_m", None)}
+    facts = model.card.with_changes(model_id=model_id) if model_id else model.card
+    meta = {"format": "xanysat", "config": model.config.to_dict(), **facts.to_json()}
     (directory / "config.json").write_text(json.dumps(meta, indent=1))
     if card:
         (directory / "README.md").write_text(card)
@@ -330,7 +329,7 @@ def load_pretrained(directory: str | Path) -> AnySat:
         directory: a directory written by ``save_pretrained``.
 
     Returns:
-        The model, with its ``model_id`` and ``normalization``.
+        The model, with its card (``model.card``: id, statistics, tile size).
 
     Raises:
         CheckpointError: a file is missing, or the weights do not match the saved config.
@@ -340,7 +339,7 @@ def load_pretrained(directory: str | Path) -> AnySat:
         >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
         >>> with tempfile.TemporaryDirectory() as directory:
         ...     loaded = load_pretrained(save_pretrained(model, directory, model_id="tiny-s2"))
-        >>> loaded.model_id, loaded.config == model.config, weights_hash(loaded) == weights_hash(model)
+        >>> loaded.card.model_id, loaded.config == model.config, weights_hash(loaded) == weights_hash(model)
         ('tiny-s2', True, True)
         >>> load_pretrained("no-such-directory")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
@@ -356,12 +355,7 @@ def load_pretrained(directory: str | Path) -> AnySat:
     meta = json.loads((directory / "config.json").read_text())
     model = AnySat(AnySatConfig.from_dict(meta["config"]))
     _load_strict(model, load_file(directory / "model.safetensors"))
-    model.model_id = meta.get("model_id", model.model_id)
-    from xanysat.sensors.table import NormStats
-
-    model.normalization = {k: NormStats(tuple(v["mean"]), tuple(v["std"]), v.get("source", ""))
-                           for k, v in meta.get("normalization", {}).items()}
-    model.tile_m = meta.get("tile_m")
+    model.card = ModelCard.from_json(meta, default_id=model.card.model_id)
     return model.eval()
 
 
@@ -395,21 +389,14 @@ def weights_hash(model: AnySat) -> str:
 
 
 def model_metadata(model) -> dict:
-    """What a model carries besides its weights that changes its embeddings (``normalization``,
-    ``tile_m``), as JSON-able values; empty for a plain model.
+    """What a model carries besides its weights that changes its embeddings (``model.card.metadata()``).
 
     Example:
         >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
         >>> model_metadata(model)
         {}
-        >>> model.tile_m = 160
+        >>> model.card = model.card.with_changes(tile_m=160)
         >>> model_metadata(model)
         {'tile_m': 160}
     """
-    out = {}
-    stats = getattr(model, "normalization", None) or {}
-    if stats:
-        out["normalization"] = {k: {"mean": list(v.mean), "std": list(v.std)} for k, v in sorted(stats.items())}
-    if getattr(model, "tile_m", None):
-        out["tile_m"] = model.tile_m
-    return out
+    return model.card.metadata()

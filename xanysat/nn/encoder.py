@@ -14,9 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from xanysat.nn.batch import BatchLayout, check_batch
+from xanysat.nn.card import ModelCard
 from xanysat.nn.layers import Block, CrossBlock, init_linears, sincos_2d
-from xanysat.sensors.table import MODALITIES, Modality
 from xanysat.nn.projectors import LTAEProjector, VHRProjector
+from xanysat.sensors.table import MODALITIES, Modality
 
 Output = Literal["tile", "patch", "all", "dense"]
 ALL_SENSORS: tuple[str, ...] = tuple(MODALITIES)
@@ -209,10 +210,8 @@ class AnySat(nn.Module):
         self.projectors = nn.ModuleDict({name: self._projector(MODALITIES[name]) for name in cfg.sensors})
         self.patch_encoder = PatchEncoder(cfg)
         self.combiner = Combiner(cfg)
-        self.model_id = f"anysat-{cfg.embed_dim}d{cfg.depth}-untrained"
-        self.normalization: dict = {}
-        """Sensor -> ``NormStats`` the weights were trained with, where the sensor table has none
-        or they differ; ``xanysat.embed(normalize=True)`` prefers them."""
+        self.card = ModelCard(f"anysat-{cfg.embed_dim}d{cfg.depth}-untrained")
+        """Identity, training statistics and tile size (``xanysat.nn.card.ModelCard``)."""
         self._init_weights()
 
     def _projector(self, modality: Modality) -> nn.Module:

@@ -30,9 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xanysat.sensors.table import MODALITIES, Modality
 from xanysat.nn.encoder import AnySat
 from xanysat.nn.projectors import LTAEProjector, VHRProjector
+from xanysat.sensors.table import MODALITIES, Modality
 
 __all__ = [
     "ClassificationHead",

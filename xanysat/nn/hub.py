@@ -77,7 +77,8 @@ def _untrained_tiny() -> AnySat:
     with torch.random.fork_rng():
         torch.manual_seed(0)
         model = AnySat(AnySatConfig.tiny())
-    model.model_id = f"{UNTRAINED_TINY} (random weights, seed 0: plumbing only, not meaningful features)"
+    model.card = model.card.with_changes(
+        model_id=f"{UNTRAINED_TINY} (random weights, seed 0: plumbing only, not meaningful features)")
     return model.eval()
 
 
@@ -127,7 +128,7 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
     if name == "base":
         path = official_checkpoint_path(checkpoint=checkpoint, cache_dir=cache_dir, local_files_only=local_files_only)
         model = load_official(path, AnySatConfig.base())
-        model.model_id = f"anysat-base ({ANYSAT_REPO}:{ANYSAT_FILE}@{_revision_of(path)})"
+        model.card = model.card.with_changes(model_id=f"anysat-base ({ANYSAT_REPO}:{ANYSAT_FILE}@{_revision_of(path)})")
         return model.to(device)
     if name == UNTRAINED_TINY:
         return _untrained_tiny().to(device)

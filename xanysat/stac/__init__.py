@@ -14,7 +14,13 @@ from xanysat.stac.grid import Grid, common_grid
 from xanysat.stac.loader import LOADERS, load, stac_cube, verify_assets
 from xanysat.stac.sources import SensorSource, custom_source, replace_source, sensor_sources
 from xanysat.stac.units import (
-    COMPOSITES, QA_PIXEL_CLOUDY_BITS, SCL_CLOUDY, baseline_shift, cloudy, temporal_composite, to_model_units,
+    COMPOSITES,
+    QA_PIXEL_CLOUDY_BITS,
+    SCL_CLOUDY,
+    baseline_shift,
+    cloudy,
+    temporal_composite,
+    to_model_units,
 )
 
 __all__ = [

@@ -13,8 +13,8 @@ import xarray as xr
 
 from xanysat.errors import StacError
 from xanysat.sensors.table import MODALITIES
-from xanysat.stac.grid import Grid, common_grid
 from xanysat.stac.client import search
+from xanysat.stac.grid import Grid, common_grid
 from xanysat.stac.sources import SensorSource, sensor_sources
 from xanysat.stac.units import cloudy, temporal_composite, to_model_units
 

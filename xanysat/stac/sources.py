@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-
 from xanysat.errors import StacError
 from xanysat.sensors.table import MODALITIES, StacSource, get_modality
 

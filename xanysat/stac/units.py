@@ -11,7 +11,6 @@ import xarray as xr
 from xanysat.errors import StacError
 from xanysat.sensors.table import StacSource
 
-
 SCL_CLOUDY = (0, 1, 3, 8, 9, 10)
 """Sentinel-2 SCL classes masked by ``cloud_mask``: no data, saturated, cloud shadow, cloud
 medium and high probability, thin cirrus."""

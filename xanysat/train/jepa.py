@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xanysat.nn.batch import BatchLayout, check_batch
+from xanysat.nn.encoder import AnySat
 from xanysat.nn.layers import Block, CrossBlock, init_linears, irpe_buckets, sincos_2d
 from xanysat.sensors.table import MODALITIES
-from xanysat.nn.encoder import AnySat
 
 __all__ = [
     "JEPA",
