@@ -157,8 +157,11 @@ def test_unreadable_assets_and_missing_statistics_exit_3(stac_api, broken_api, t
     assert not store.exists()  # no partial output
 
     done = xanysat("plan", "--stac", stac_api, "--collections", *BOTH, "--bbox", *BBOX, *MODEL)
+    assert done.returncode == 0, done.stderr  # a plan reads no pixel: it needs no statistics
+    done = xanysat("embed", "--stac", stac_api, "--collections", *BOTH, "--bbox", *BBOX, *MODEL,
+                   "-o", str(tmp_path / "s1.zarr"))
     assert done.returncode == 3
-    assert "no normalisation statistics for 's1': pass --fit-normalization" in error_line(done, "plan")
+    assert "normalisation statistics for 's1': pass --fit-normalization" in error_line(done, "embed")
 
 
 def test_map_without_a_store_exits_3(tmp_path):

@@ -11,7 +11,7 @@ from xanysat.sensors.table import MODALITIES, Modality
 
 _LAZY = {
     "AnySat": "xanysat.nn.encoder", "AnySatConfig": "xanysat.nn.encoder", "load_model": "xanysat.nn.hub",
-    "embed": "xanysat.cube.embed", "fit_normalization": "xanysat.cube.normalize", "plan": "xanysat.cube.plan",
+    "embed": "xanysat.cube.embed", "fit_normalization": "xanysat.cube.fit", "plan": "xanysat.cube.plan",
     "embed_to_zarr": "xanysat.cube.zarr", "embed_points": "xanysat.cube.points", "predict": "xanysat.cube.predict",
 }
 

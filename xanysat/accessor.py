@@ -79,7 +79,7 @@ class AnySatAccessor:
     @_forward("xanysat.cube.zarr.embed_to_zarr")
     def embed_to_zarr(self, *args, **kwargs): ...
 
-    @_forward("xanysat.cube.normalize.fit_normalization")
+    @_forward("xanysat.cube.fit.fit_normalization")
     def fit_normalization(self, *args, **kwargs): ...
 
     @_forward("xanysat.cube.maps.pca_rgb_map")

@@ -172,7 +172,7 @@ def _run_finetune(args) -> int:
     from dataclasses import replace
     from pathlib import Path
 
-    from xanysat.apps.finetune import _cube, finetune, load_config
+    from xanysat.apps.finetune import finetune, load_config, open_cube
     from xanysat.cube.predict import predict
 
     cfg = replace(load_config(args.config), freeze=args.freeze)
@@ -183,7 +183,7 @@ def _run_finetune(args) -> int:
         import json
 
         classes = json.loads((Path(cfg.out_dir) / "task" / "task.json").read_text())["classes"]
-        classes_map = predict(_cube(cfg.cube), task, kind="classes", classes=classes, tile_size=cfg.tile_m)
+        classes_map = predict(open_cube(cfg.cube), task, kind="classes", classes=classes, tile_size=cfg.tile_m)
         if args.map.endswith((".tif", ".tiff")):
             classes_map.rio.to_raster(args.map)
         else:
@@ -262,31 +262,33 @@ def _cube(args, *, check_assets: bool):
                      composite=args.composite, cloud_mask=cloud_mask, check_assets=check_assets)
 
 
-def _embed_options(args) -> dict:
-    return {"output": args.output_kind, "model": args.model, "tile_size": args.tile_size, "overlap": args.overlap,
-            "batch_size": args.batch_size, "device": args.device, "dtype": args.dtype}
+def _embed_options(args, normalize=True):
+    """The command line's embed settings as one ``EmbedOptions`` (bad values exit 3 here)."""
+    from xanysat.cube.options import EmbedOptions
+
+    return EmbedOptions(args.patch_size, args.output_kind, tile_size=args.tile_size, overlap=args.overlap,
+                        batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=normalize)
 
 
-def _normalize(args, cube, *, read_pixels: bool) -> dict:
-    """sensor -> statistics: the sensor table's, or (``--fit-normalization``) fitted on the cube
-    for sensors the table has none for; without pixels (``plan``) placeholders of the right size."""
-    from xanysat.cube.normalize import fit_normalization
-    from xanysat.errors import AnySatInputError
-    from xanysat.sensors.table import MODALITIES, NormStats
+def _normalize(args, cube):
+    """``True`` (the model's statistics, else the sensor table's), or with ``--fit-normalization``
+    sensor -> statistics fitted on the cube for the sensors the table has none for."""
+    from xanysat.cube.fit import fit_normalization
+    from xanysat.sensors.table import MODALITIES
 
-    carried = _model_normalization(args.model) if not args.fit_normalization else {}
-    missing = [name for name in cube.children if MODALITIES[name].norm is None and name not in carried]
-    if missing and not args.fit_normalization:
-        raise AnySatInputError(
-            f"the sensor table has no normalisation statistics for {', '.join(map(repr, missing))}: pass "
-            "--fit-normalization to fit them on this cube, or leave the collection out of --collections."
-        )
+    missing = [name for name in cube.children if MODALITIES[name].norm is None]
+    if not args.fit_normalization:
+        unknown = [name for name in missing if name not in _model_normalization(args.model)]
+        if unknown:
+            from xanysat.errors import AnySatInputError
+
+            raise AnySatInputError(
+                f"neither the sensor table nor the model has normalisation statistics for "
+                f"{', '.join(map(repr, unknown))}: pass --fit-normalization to fit them on this cube, or leave the "
+                "collection out of --collections.")
+        return True
     if not missing:
-        return {}
-    if not read_pixels:
-        return {name: NormStats((0.0,) * MODALITIES[name].n_bands, (1.0,) * MODALITIES[name].n_bands,
-                                "placeholder: fitted on the cube by 'xanysat embed --fit-normalization'")
-                for name in missing}
+        return True
     _say(f"fitting normalisation statistics for {', '.join(missing)} on the cube ...")
     stats = fit_normalization(cube.filter(lambda node: node.name in missing))
     return {name: stats[name] for name in missing}
@@ -297,16 +299,16 @@ def _run_embed(args) -> int:
     from xanysat.errors import AnySatInputError
 
     start = time.perf_counter()
+    _embed_options(args)  # settings checked before any search or read
     cube = _cube(args, check_assets=True)
     for name, node in cube.children.items():
         da = node[name]
         _say(f"  {name}: {dict(da.sizes)} from {da.attrs.get('stac:collection')}")
     options = _embed_options(args)
-    normalize = _normalize(args, cube, read_pixels=True)
+    options = options.replace(normalize=_normalize(args, cube))
     before = _regions_done(args.output_zarr) if not args.no_resume else None
     try:
-        emb = embed_to_zarr(cube, args.output_zarr, args.patch_size, options.pop("output"),
-                            resume=not args.no_resume, normalize=normalize or True, **options)
+        emb = embed_to_zarr(cube, args.output_zarr, options=options, model=args.model, resume=not args.no_resume)
     except ValueError as error:
         if "resume=False" not in str(error):  # a store written by something else, or with other settings
             raise
@@ -339,11 +341,9 @@ def _regions_done(store) -> tuple[int, int] | None:
 def _run_plan(args) -> int:
     from xanysat.cube.plan import plan
 
-    cube = _cube(args, check_assets=False)
     options = _embed_options(args)
-    normalize = _normalize(args, cube, read_pixels=False)
-    report = plan(cube, args.patch_size, options.pop("output"), throughput=args.throughput,
-                  normalize=normalize or True, **options)
+    cube = _cube(args, check_assets=False)
+    report = plan(cube, options=options, model=args.model, throughput=args.throughput)
     print(report)
     return EXIT_OK
 

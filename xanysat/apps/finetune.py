@@ -104,7 +104,8 @@ def load_config(path) -> FinetuneConfig:
     return load(path, FinetuneConfig)
 
 
-def _cube(spec: str):
+def open_cube(spec: str):
+    """The cube a fine-tuning config names: ``"worldcereal"`` (the shipped sample) or a DataTree file."""
     if spec == "worldcereal":
         from xanysat.apps.pretraining import worldcereal_cube
 
@@ -192,7 +193,7 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    cube = as_cube(_cube(cfg.cube))
+    cube = as_cube(open_cube(cfg.cube))
     labels = _labels(cfg)
     n_classes = len(labels.attrs["classes"])
     encoder = xanysat.load_model(cfg.model)
@@ -205,8 +206,8 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
     n_train = max(1, round(cfg.train_fraction * len(order)))
     split = {"train": [queries[i] for i in order[:n_train]], "val": [queries[i] for i in order[n_train:]]}
     kind = "segmentation" if cfg.task == "segmentation" else "classification"
-    normalize = _normalization(cube, encoder)
-    data = {k: CubeDataset(cube, v, labels=labels, label_kind=kind, ignore_index=IGNORE_INDEX, normalize=normalize)
+    inputs = _prepared(cube, encoder)
+    data = {k: CubeDataset(inputs, v, labels=labels, label_kind=kind, ignore_index=IGNORE_INDEX)
             for k, v in split.items()}
     optimizer = torch.optim.AdamW(task.trainable_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -260,20 +261,19 @@ def finetune(cfg: FinetuneConfig, *, resume: bool = True, progress: bool = False
     return task, rows
 
 
-def _normalization(cube, encoder) -> dict:
-    """The model's own statistics, else the sensor table's, else fitted on the cube (and kept
-    with the saved encoder, so that ``predict`` normalises the same way)."""
-    from xanysat.cube.normalize import fit_normalization
+def _prepared(cube, encoder):
+    """The cube prepared with the model's own statistics, else the sensor table's, else statistics
+    fitted on the cube (written to the encoder's card, so that ``predict`` normalises the same way)."""
+    from xanysat.cube.fit import fit_normalization
+    from xanysat.cube.prepare import prepare
     from xanysat.sensors.table import MODALITIES
 
-    stats = {name: encoder.card.normalization[name] for name in cube.sensors if name in encoder.card.normalization}
-    missing = [n for n in cube.sensors if n not in stats and MODALITIES[n].norm is None]
+    known = encoder.card.normalization
+    missing = [n for n in cube.sensors if n not in known and MODALITIES[n].norm is None]
     if missing:
         fitted = fit_normalization(cube)
-        stats.update({n: fitted[n] for n in missing})
-        encoder.card = encoder.card.with_changes(
-            normalization={**encoder.card.normalization, **{n: fitted[n] for n in missing}})
-    return {name: stats.get(name, True) for name in cube.sensors}
+        encoder.card = encoder.card.with_changes(normalization={**known, **{n: fitted[n] for n in missing}})
+    return prepare(cube, model_stats=encoder.card.normalization)
 
 
 def save_task(task, directory: Path, cfg: FinetuneConfig, classes) -> Path:

@@ -181,7 +181,7 @@ def fit_default_normalization(cubes) -> dict:
         >>> list(stats), stats["s1-asc"].mean, stats["s1-asc"].std
         (['s1-asc'], (1.0, 0.5), (0.0, 0.0))
     """
-    from xanysat.cube.normalize import fit_normalization
+    from xanysat.cube.fit import fit_normalization
     from xanysat.sensors.table import NormStats
 
     values = [fit_normalization(c)["s1-asc"] for c in cubes]

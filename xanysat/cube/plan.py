@@ -128,7 +128,7 @@ class EmbedPlan:
 def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
          block_tiles=None, region_blocks=None, throughput: float | None = None, dtype=None, device="auto",
          sensor: str | None = None, batch_size: int = 16, normalize=True, output_modality: str | None = None,
-         date_origin=None, client=None) -> EmbedPlan:
+         date_origin=None, client=None, options: EmbedOptions | None = None) -> EmbedPlan:
     """Plan an embedding job without reading any pixel: sizes, tasks, bytes, memory and time.
 
     Args:
@@ -141,6 +141,8 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
             synthetic tile of the plan's shape (cached per weights, tile shape, device, dtype).
         client: a ``dask.distributed`` client whose threads count as workers (default: the
             active client, else this machine's cores).
+        options: the embed settings as one ``xanysat.cube.options.EmbedOptions`` instead of
+            ``patch_size``, ``output`` and the embed keywords.
 
     Returns:
         An ``EmbedPlan``; ``print(plan)`` shows a table, ``plan.to_dict()`` the figures.
@@ -159,9 +161,10 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
         >>> p.read_bytes_total == 3 * 10 * 32 * 48 * 4
         True
     """
-    options = EmbedOptions(patch_size, output, tile_size=tile_size, overlap=overlap, block_tiles=block_tiles,
-                           dtype=dtype, device=device, sensor=sensor, batch_size=batch_size, normalize=normalize,
-                           output_modality=output_modality, date_origin=date_origin)
+    options = options or EmbedOptions(patch_size, output, tile_size=tile_size, overlap=overlap,
+                                      block_tiles=block_tiles, dtype=dtype, device=device, sensor=sensor,
+                                      batch_size=batch_size, normalize=normalize, output_modality=output_modality,
+                                      date_origin=date_origin)
     setup = setup_job(data, options, model=model, statistics=False)
     cube, g, ref = setup.cube, setup.geometry, setup.ref
     workers = worker_threads(client)

@@ -50,8 +50,9 @@ FINGERPRINT = "anysat_fingerprint"
 REGION_BLOCKS = "anysat_region_blocks"
 
 
-def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, region_blocks=None,
-                  resume: bool = True, progress: bool = True, client=None, **embed_kwargs) -> xr.DataArray:
+def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, options: EmbedOptions | None = None,
+                  region_blocks=None, resume: bool = True, progress: bool = True, client=None,
+                  **embed_kwargs) -> xr.DataArray:
     """Embed a (possibly continental) cube into one Zarr store, region by region.
 
     Args:
@@ -66,6 +67,8 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, r
         progress: show a progress bar over regions (tqdm).
         client: a ``dask.distributed`` client to compute on; default: the active scheduler
             (the default client if one is set, else dask's threads). No cluster is created.
+        options: the settings as one ``xanysat.cube.options.EmbedOptions`` (then ``patch_size``,
+            ``output`` and the embed keywords but ``model`` are not given).
         embed_kwargs: ``model``, ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``dtype``,
             ``normalize``, ``output_modality``, ``block_tiles``, ``sensor``, ``date_origin`` as for
             ``xanysat.embed``.
@@ -88,7 +91,8 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, r
         >>> emb.sizes["y"], emb.sizes["x"], emb.chunks[1:]
         (4, 8, ((4,), (4, 4)))
     """
-    job = prepare(data, patch_size, output, region_blocks=region_blocks, client=client, **embed_kwargs)
+    job = prepare(data, patch_size, output, options=options, region_blocks=region_blocks, client=client,
+                  **embed_kwargs)
     done = open_store(job, store, resume=resume, region_blocks=region_blocks)
     todo = [r for r in job.regions if not done[r]]
     bar = _progress(progress, job.regions.count, job.regions.count - len(todo))
@@ -144,12 +148,13 @@ class RegionJob:
         return self.setup.geometry
 
 
-def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=None, model=None,
-            **embed_kwargs) -> RegionJob:
+def prepare(data, patch_size=40, output="patch", *, options: EmbedOptions | None = None, region_blocks=None,
+            client=None, model=None, **embed_kwargs) -> RegionJob:
     """Prepare the input and fix the whole cube's geometry and regions (no graph, no pixel).
 
     Args:
-        data, patch_size, output, region_blocks, client, model, embed_kwargs: as for ``embed_to_zarr``.
+        data, patch_size, output, options, region_blocks, client, model, embed_kwargs: as for
+            ``embed_to_zarr``.
 
     Returns:
         The ``RegionJob``.
@@ -166,10 +171,16 @@ def prepare(data, patch_size=40, output="patch", *, region_blocks=None, client=N
     """
     if "window" in embed_kwargs:
         raise TypeError("embed_to_zarr writes the whole cube: crop the input instead of passing window=.")
-    setup = setup_job(data, EmbedOptions.from_kwargs(patch_size, output, **embed_kwargs), model=model)
+    if options is None:
+        options = EmbedOptions.from_kwargs(patch_size, output, **embed_kwargs)
+    elif embed_kwargs:
+        raise TypeError(f"give the settings either as options= or as keywords, not both ({sorted(embed_kwargs)}).")
+    if options.window is not None:
+        raise TypeError("embed_to_zarr writes the whole cube: crop the input instead of passing window=.")
+    setup = setup_job(data, options, model=model)
     regions = Regions(setup.geometry, resolve_region_blocks(setup.geometry, region_blocks, worker_threads(client),
                                                             setup.cube))
-    return RegionJob(setup, regions, patch_size, output)
+    return RegionJob(setup, regions, options.patch_size, options.output)
 
 
 def fingerprint(setup: Setup) -> dict:
