@@ -17,7 +17,8 @@ import sys
 
 CHILD = r"""
 import json, resource, sys, time, torch
-from xanysat.train.jepa import JEPA, JEPAConfig, build_optimizer
+from xanysat.train.jepa import JEPA, JEPAConfig
+from xanysat.train.schedules import build_optimizer
 from xanysat.nn.encoder import AnySat, AnySatConfig
 from xanysat.testing import synthetic_batch
 args = json.loads(sys.argv[1])

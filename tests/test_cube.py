@@ -7,12 +7,7 @@ from cubes import node
 
 import xanysat
 from xanysat.cube.read import as_cube
-from xanysat.errors import (
-    AnySatInputError,
-    DimensionError,
-    ModalityError,
-    PatchSizeError,
-)
+from xanysat.errors import AnySatInputError, DimensionError, ModalityError, PatchSizeError
 from xanysat.testing import synthetic_cube
 
 MODEL = "untrained-tiny"

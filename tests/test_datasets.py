@@ -14,10 +14,10 @@ from cubes import WORLDCEREAL, crop, doy, normalise, sensor_numpy, worldcereal_t
 from torch.utils.data import DataLoader
 
 import xanysat
-from xanysat.loaders.datasets import IGNORE_INDEX, CubeDataset, IterableCubeDataset, PointDataset, collate
 from xanysat.errors import DimensionError
-from xanysat.sensors.table import MODALITIES
+from xanysat.loaders.datasets import IGNORE_INDEX, CubeDataset, IterableCubeDataset, PointDataset, collate
 from xanysat.loaders.samplers import GridTileSampler, RandomTileSampler, TileQuery
+from xanysat.sensors.table import MODALITIES
 from xanysat.testing import synthetic_cube
 
 MODEL = "untrained-tiny"

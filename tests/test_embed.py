@@ -11,16 +11,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
-from cubes import (
-    direct,
-    doy,
-    node,
-    normalise,
-    reference,
-    sensor_numpy,
-    tiny_model,
-    worldcereal_tree,
-)
+from cubes import direct, doy, node, normalise, reference, sensor_numpy, tiny_model, worldcereal_tree
 
 import xanysat
 from xanysat.sensors.table import MODALITIES

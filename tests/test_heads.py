@@ -18,9 +18,9 @@ from xanysat.nn.heads import (
     task_loss,
     train_only_projectors,
 )
-from xanysat.train.jepa import build_optimizer
 from xanysat.sensors.table import MODALITIES
 from xanysat.testing import synthetic_batch
+from xanysat.train.jepa import build_optimizer
 
 D = 32
 

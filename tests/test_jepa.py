@@ -7,30 +7,16 @@ import torch
 from torch import nn
 
 from xanysat import AnySat, AnySatConfig
-from xanysat.train.jepa import (
-    JEPA,
-    JEPAConfig,
-    Predictor,
-    _context_buckets,
-    apply_modality_mask,
-    build_optimizer,
-    drop_dates,
-    effective_rank,
-    ema_update,
-    embedding_std,
-    encode_context,
-    jepa_loss,
-    lr_at,
-    mil_nce_loss,
-    momentum_at,
-    prediction_loss,
-    sample_block_masks,
-    sample_modality_mask,
-    target_embeddings,
-    train_step,
-    weight_decay_at,
-)
+from xanysat.nn.layers import irpe_buckets_at
 from xanysat.testing import synthetic_batch
+from xanysat.train.jepa import JEPA, JEPAConfig, train_step
+from xanysat.train.losses import jepa_loss, mil_nce_loss, prediction_loss, target_embeddings, variance_covariance_loss
+from xanysat.train.masks import apply_modality_mask, drop_dates, sample_block_masks, sample_modality_mask
+from xanysat.train.monitor import effective_rank, embedding_std
+from xanysat.train.predictor import Predictor
+from xanysat.train.schedules import build_optimizer, lr_at, weight_decay_at
+from xanysat.train.student import encode_context
+from xanysat.train.teacher import ema_update, momentum_at
 
 D = 32
 
@@ -162,9 +148,23 @@ def test_permuted_context_permutes_outputs(encoder):
     torch.testing.assert_close(out[:, 1:], torch.stack([ref[b, perm[b]] for b in range(2)]))
 
 
+def test_student_runs_the_encoders_own_modules(encoder):
+    called = []
+    hooks = [module.register_forward_hook(lambda *_, name=name: called.append(name))
+             for name, module in (("patch", encoder.patch_encoder), ("block", encoder.combiner.blocks[0]),
+                                  ("cross", encoder.combiner.cross), ("projector", encoder.projectors["s2"]))]
+    try:
+        with torch.no_grad():
+            encode_context(encoder, synthetic_batch(("s2", "s1"), extent_m=60), 20, torch.tensor([[0, 4], [1, 8]]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert sorted(set(called)) == ["block", "cross", "patch", "projector"]
+
+
 def test_context_buckets_by_hand():
     context = torch.tensor([[0, 2, 8], [4, 5, 7]])  # on a 3x3 grid
-    buckets = _context_buckets((3, 3), 1, context, n_modalities=2)
+    buckets = irpe_buckets_at((3, 3), 1, context, n_blocks=2)
     assert buckets.shape == (2, 4, 7)
     assert (buckets[:, 0] == 7).all() and (buckets[:, :, 0] == 7).all()  # class token bucket
     expected = {0: 3, 1: 4, 2: 5, 3: 5}  # rounded distance -> bucket; >= 4: 6
@@ -376,8 +376,6 @@ def test_full_jepa_step_decreases_loss():
 
 
 def test_variance_covariance_loss_by_hand():
-    from xanysat.train.jepa import variance_covariance_loss
-
     x = torch.randn(2, 5, 3, generator=gen(3), dtype=torch.float64)
     rows = x.reshape(10, 3).tolist()
     mean = [sum(r[k] for r in rows) / 10 for k in range(3)]
@@ -389,10 +387,6 @@ def test_variance_covariance_loss_by_hand():
 
 
 def test_jepa_regulariser_weights_enter_the_loss():
-    from xanysat import AnySat, AnySatConfig
-    from xanysat.train.jepa import JEPA, JEPAConfig
-    from xanysat.testing import synthetic_batch
-
     config = AnySatConfig.tiny().with_changes(embed_dim=32, depth=1, num_heads=2, sensors=("s2",))
     batch = synthetic_batch("s2", extent_m=80, batch_size=2, seed=0)
     losses = []
@@ -418,8 +412,6 @@ def test_target_embeddings_position_norm_removes_what_every_sample_shares_at_a_p
 
 
 def test_variance_per_position_ignores_positional_spread():
-    from xanysat.train.jepa import variance_covariance_loss
-
     grid = torch.arange(8.0)[:, None].repeat(1, 3) * 2  # each position its own vector, no content
     x = grid[None].repeat(4, 1, 1)  # (B=4, N=8, D=3): every sample identical
     positions = torch.arange(8)[None].repeat(4, 1)

@@ -11,9 +11,9 @@ import xarray as xr
 from PIL import Image
 
 import xanysat
+from xanysat.cube.maps import pca_rgb, pca_rgb_map, save_png, similarity
 from xanysat.errors import DimensionError
 from xanysat.testing import synthetic_cube
-from xanysat.cube.maps import pca_rgb, pca_rgb_map, save_png, similarity
 
 NAN_CELL = (1, 2)  # (row, col) of the cell whose pixels are all NaN
 

@@ -20,9 +20,9 @@ import torch
 import xarray as xr
 
 import xanysat
+from xanysat.cube.points import embed_points
 from xanysat.errors import DimensionError, ModalityError
 from xanysat.sensors.table import MODALITIES
-from xanysat.cube.points import embed_points
 
 MODEL = "untrained-tiny"
 S2 = MODALITIES["s2"]

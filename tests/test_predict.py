@@ -6,8 +6,8 @@ import torch
 import xarray as xr
 
 import xanysat
-from xanysat.nn.heads import ClassificationHead, SegmentationHead, fine_tune, linear_probe
 from xanysat.cube.predict import predict
+from xanysat.nn.heads import ClassificationHead, SegmentationHead, fine_tune, linear_probe
 from xanysat.testing import synthetic_cube
 
 

@@ -6,8 +6,14 @@ import pytest
 import torch
 
 from xanysat.apps.evaluation import average_precision, fit_logistic
-from xanysat.apps.pretraining import (BIGEARTHNET, batch_factory, bigearthnet_cube, bigearthnet_files,
-                                 fit_default_normalization, worldcereal_cube)
+from xanysat.apps.pretraining import (
+    BIGEARTHNET,
+    batch_factory,
+    bigearthnet_cube,
+    bigearthnet_files,
+    fit_default_normalization,
+    worldcereal_cube,
+)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +70,8 @@ def test_average_precision_and_probe_by_hand():
 def test_model_card_reports_the_run(tmp_path):
     from test_train import batches, config
 
-    from xanysat.nn.checkpoint import save_pretrained
     from xanysat.apps.pretraining import write_model_card
+    from xanysat.nn.checkpoint import save_pretrained
     from xanysat.train.loop import pretrain
 
     jepa = pretrain(config(tmp_path / "run"), batches, resume=False, progress=False)

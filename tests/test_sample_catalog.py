@@ -22,13 +22,7 @@ import xarray as xr
 from stac_fixtures import port_is_open
 
 from xanysat.sensors.table import MODALITIES
-from xanysat.stac.sample_catalog import (
-    T29UNU_SAFE,
-    T29UNU_WINDOW,
-    WORLDCEREAL_NC,
-    catalog_hrefs,
-    write_sample_catalog,
-)
+from xanysat.stac.sample_catalog import T29UNU_SAFE, T29UNU_WINDOW, WORLDCEREAL_NC, catalog_hrefs, write_sample_catalog
 from xanysat.stac.server import serve
 
 NODATA = 65535

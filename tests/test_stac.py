@@ -22,10 +22,10 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 
 import xanysat
 from xanysat import stac
+from xanysat.cube.maps import save_png
 from xanysat.errors import StacError
 from xanysat.stac.sample_catalog import WORLDCEREAL_NC, worldcereal_s1_linear
 from xanysat.stac.server import free_port, serve
-from xanysat.cube.maps import save_png
 
 NODATA = 65535
 WEST, NORTH = 664000.0, 5612120.0

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from xanysat.errors import DimensionError
 from xanysat.cube.maps import pca_rgb, percentile_stretch
+from xanysat.errors import DimensionError
 
 
 def _embedded_gradient_cube(n: int = 8, dim: int = 16) -> np.ndarray:

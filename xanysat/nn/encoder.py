@@ -7,8 +7,9 @@ optional ``<name>_mask``; outputs are channels last.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -154,9 +155,11 @@ class PatchEncoder(nn.Module):
 class Combiner(nn.Module):
     """Self-attention over all sensors' patch tokens, then one learned query per patch.
 
-    ``forward(x, query_pos, grid, n_prefix)`` takes ``x: (B, n_prefix + h*w, D)`` (the class
-    token and any tile tokens first, then the patch tokens of every sensor), ``query_pos:
-    (n_prefix + h*w, D)`` and the patch ``grid`` ``(h, w)``; it returns ``(B, n_prefix + h*w, D)``.
+    ``forward(x, query_pos, grid, n_prefix)`` takes ``x: (B, n_prefix + M * h*w, D)`` (the
+    class token and any tile tokens first, then the patch tokens of each of M sensors),
+    ``query_pos: (n_prefix + h*w, D)`` and the patch ``grid`` ``(h, w)``; it returns
+    ``(B, n_prefix + h*w, D)``. With ``positions`` ``(B, K)``, each sensor block holds only the
+    K patches at those grid indices, and there are ``n_prefix + K`` outputs.
 
     Args:
         cfg: the architecture (``embed_dim``, ``depth``, ``num_heads``, ``mlp_ratio``,
@@ -182,10 +185,32 @@ class Combiner(nn.Module):
         )
         self.cross = CrossBlock(cfg.embed_dim, cfg.num_heads, cfg.mlp_ratio, eps=1e-6)
 
-    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int) -> Tensor:
+    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int,
+                positions: Tensor | None = None) -> Tensor:
         for block in self.blocks:
             x = block(x)
-        return self.cross(x, query_pos, grid, n_prefix)
+        return self.cross(x, query_pos, grid, n_prefix, positions)
+
+
+class SensorTokens(NamedTuple):
+    """Patch-encoder outputs of a batch, before any position embedding (``AnySat.sensor_tokens``).
+
+    Attributes:
+        patches: sensor -> ``(B, h*w, D)`` patch tokens, for the patch-level sensors in batch order.
+        tiles: sensor -> ``(B, 1, D)`` tokens of the tile-token sensors (MODIS), in batch order.
+        sub_patches: ``(B*h*w, S, D)`` sub-patch tokens of ``layout.output_modality`` (a
+            ``"dense"`` output), else None.
+
+    Example:
+        >>> import torch
+        >>> tokens = SensorTokens({"s2": torch.zeros(2, 9, 8)}, {}, None)
+        >>> list(tokens.patches), tokens.sub_patches is None
+        (['s2'], True)
+    """
+
+    patches: dict[str, Tensor]
+    tiles: dict[str, Tensor]
+    sub_patches: Tensor | None
 
 
 class AnySat(nn.Module):
@@ -268,36 +293,139 @@ class AnySat(nn.Module):
         return self._forward(batch, layout, output, dense_layout)
 
     def _forward(self, batch: dict[str, Tensor], layout: BatchLayout, output: Output, dense_layout: str) -> Tensor:
-        D = self.config.embed_dim
-        B = layout.batch_size
-        scale = layout.scale
+        B, D = layout.batch_size, self.config.embed_dim
         h, w = layout.grid
-        tile_tokens, patch_tokens, dense_sub = [], [], None
-        for name in layout.sensors:
-            modality = MODALITIES[name]
-            tokens = self._project(name, batch, layout)
-            keep_sub = output == "dense" and name == layout.output_modality
-            cls, sub = self.patch_encoder(tokens, modality.token_m)
-            if modality.tile_token:
-                tile_tokens.append(cls.view(B, 1, D))
-                continue
-            patch_tokens.append(cls.view(B, h * w, D))
-            if keep_sub:
-                dense_sub = sub
-        n_prefix = 1 + len(tile_tokens)
-        pos = sincos_2d(D, h, w, scale, like=self.cls_token) if h * w else self.cls_token.new_zeros(0, D)
-        cls = self.cls_token.expand(B, -1, -1).to((patch_tokens or tile_tokens)[0].dtype)
-        x = torch.cat([cls, *tile_tokens, *(t + pos.to(t.dtype) for t in patch_tokens)], dim=1)
-        query_pos = torch.cat([pos.new_zeros(n_prefix, D), pos]).to(x.dtype)
-        x = self.combiner(x, query_pos, (h, w), n_prefix)
-        x = torch.cat([x[:, :1], x[:, n_prefix:]], dim=1)
+        tokens = self.sensor_tokens(batch, layout)
+        tiles = list(tokens.tiles.values())
+        if tokens.patches:
+            patches = self.embed_positions(list(tokens.patches.values()), layout.grid, layout.scale)
+        else:
+            patches = tiles[0].new_zeros(B, 0, D)
+        x = self.combine(patches, tiles, layout.grid, layout.scale)
         if output == "tile":
             return x[:, 0]
         if output == "all":
             return x
         if output == "patch":
             return x[:, 1:].reshape(B, h, w, D)
-        return self._dense(x[:, 1:], dense_sub, layout, dense_layout)
+        return self._dense(x[:, 1:], tokens.sub_patches, layout, dense_layout)
+
+    def sensor_tokens(self, batch: dict[str, Tensor], layout: BatchLayout) -> SensorTokens:
+        """Projectors and patch encoder of every sensor of a batch: the tokens the combiner fuses.
+
+        Args:
+            batch: as ``forward``.
+            layout: ``check_batch(batch, patch_size, tuple(self.projectors))``.
+
+        Returns:
+            ``SensorTokens``: patch tokens per patch-level sensor, tile tokens per tile-token
+            sensor, and the sub-patch tokens of ``layout.output_modality`` when it is set.
+
+        Example:
+            >>> from xanysat.nn.batch import check_batch
+            >>> from xanysat.testing import synthetic_batch
+            >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "modis")))
+            >>> batch = synthetic_batch(("s2", "modis"), extent_m=60, batch_size=2)
+            >>> layout = check_batch(batch, 20, tuple(model.projectors))  # 60 m / 20 m: a 3 x 3 grid
+            >>> tokens = model.sensor_tokens(batch, layout)
+            >>> {k: tuple(v.shape) for k, v in tokens.patches.items()}, {k: tuple(v.shape) for k, v in tokens.tiles.items()}
+            ({'s2': (2, 9, 32)}, {'modis': (2, 1, 32)})
+        """
+        B, D = layout.batch_size, self.config.embed_dim
+        patches, tiles, sub_patches = {}, {}, None
+        for name in layout.sensors:
+            modality = MODALITIES[name]
+            cls, sub = self.patch_encoder(self._project(name, batch, layout), modality.token_m)
+            if modality.tile_token:
+                tiles[name] = cls.view(B, 1, D)
+                continue
+            patches[name] = cls.view(B, -1, D)
+            if name == layout.output_modality:
+                sub_patches = sub
+        return SensorTokens(patches, tiles, sub_patches)
+
+    def position_embedding(self, grid: tuple[int, int], scale: int) -> Tensor:
+        """The combiner's patch position embedding: 2-D sin-cos of the grid, coordinates x ``scale``.
+
+        Args:
+            grid: ``(h, w)`` patches.
+            scale: patch side in 10 m units.
+
+        Returns:
+            ``(h*w, D)`` like ``cls_token`` (row-major), ``(0, D)`` for an empty grid.
+
+        Example:
+            >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+            >>> model.position_embedding((2, 3), 2).shape, model.position_embedding((0, 0), 2).shape
+            (torch.Size([6, 32]), torch.Size([0, 32]))
+        """
+        D = self.config.embed_dim
+        h, w = grid
+        return sincos_2d(D, h, w, scale, like=self.cls_token) if h * w else self.cls_token.new_zeros(0, D)
+
+    def embed_positions(self, patches: Sequence[Tensor], grid: tuple[int, int], scale: int,
+                        positions: Tensor | None = None) -> Tensor:
+        """Add the position embedding to each sensor's patch tokens; concatenate them sensor-major.
+
+        Args:
+            patches: M tensors ``(B, h*w, D)``, the values of ``SensorTokens.patches``.
+            grid: ``(h, w)`` patches.
+            scale: patch side in 10 m units.
+            positions: ``(B, K)`` grid indices to keep of every sensor, per sample (None: all).
+
+        Returns:
+            ``(B, M * K, D)``: sensor 0's K tokens, then sensor 1's, ...
+
+        Example:
+            >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
+            >>> s2, s1 = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
+            >>> everything = model.embed_positions([s2, s1], (2, 3), 1)
+            >>> some = model.embed_positions([s2, s1], (2, 3), 1, positions=torch.tensor([[4], [0]]))
+            >>> everything.shape, some.shape, torch.equal(some[0, 1], everything[0, 6 + 4])
+            (torch.Size([2, 12, 32]), torch.Size([2, 2, 32]), True)
+        """
+        pos = self.position_embedding(grid, scale)
+        if positions is None:
+            return torch.cat([t + pos.to(t.dtype) for t in patches], dim=1)
+        rows = torch.arange(positions.shape[0], device=positions.device)[:, None]
+        return torch.cat([(t + pos.to(t.dtype))[rows, positions] for t in patches], dim=1)
+
+    def combine(self, patches: Tensor, tiles: Sequence[Tensor], grid: tuple[int, int], scale: int,
+                positions: Tensor | None = None) -> Tensor:
+        """The modality combiner on given tokens: class token and tile tokens prepended, tile tokens dropped after.
+
+        Args:
+            patches: ``(B, M * K, D)`` position-embedded patch tokens, sensor-major
+                (``embed_positions``).
+            tiles: ``(B, 1, D)`` tile tokens (MODIS).
+            grid: ``(h, w)`` patches.
+            scale: patch side in 10 m units.
+            positions: ``(B, K)`` grid index of each sensor's K tokens, per sample (None: all
+                ``h*w`` patches in order, the ``forward`` case).
+
+        Returns:
+            ``(B, 1 + K, D)``: the class token, then one token per position.
+
+        Example:
+            >>> from xanysat.nn.batch import check_batch
+            >>> from xanysat.testing import synthetic_batch
+            >>> model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2", "s1"))).eval()
+            >>> batch = synthetic_batch(("s2", "s1"), extent_m=60, batch_size=2)
+            >>> layout = check_batch(batch, 20, tuple(model.projectors))  # a 3 x 3 grid
+            >>> with torch.no_grad():
+            ...     tokens = list(model.sensor_tokens(batch, layout).patches.values())
+            ...     out = model.combine(model.embed_positions(tokens, (3, 3), 2), [], (3, 3), 2)
+            ...     reference = model(batch, 20, "all")
+            >>> out.shape, torch.equal(out, reference)
+            (torch.Size([2, 10, 32]), True)
+        """
+        B, D = patches.shape[0], self.config.embed_dim
+        n_prefix = 1 + len(tiles)
+        pos = self.position_embedding(grid, scale)
+        x = torch.cat([self.cls_token.expand(B, -1, -1).to(patches.dtype), *tiles, patches], dim=1)
+        query_pos = torch.cat([pos.new_zeros(n_prefix, D), pos]).to(x.dtype)
+        x = self.combiner(x, query_pos, grid, n_prefix, positions)
+        return torch.cat([x[:, :1], x[:, n_prefix:]], dim=1)
 
     def _project(self, name: str, batch: dict[str, Tensor], layout: BatchLayout) -> Tensor:
         modality = MODALITIES[name]

@@ -247,7 +247,7 @@ def linear_probe(encoder: AnySat, head: nn.Module, *, patch_size: int | Sequence
 
 
 def fine_tune(encoder: AnySat, head: nn.Module, *, patch_size: int | Sequence[int], **kwargs) -> TaskModel:
-    """``TaskModel`` training encoder and head (official lr 5e-5: ``xanysat.train.jepa.build_optimizer``).
+    """``TaskModel`` training encoder and head (official lr 5e-5: ``xanysat.train.schedules.build_optimizer``).
 
     Args:
         encoder: an ``AnySat``.

@@ -149,7 +149,7 @@ def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
     Args:
         q: queries ``(B, H, Lq, d)``.
         weight: lookup table ``(1, d, n_buckets)``.
-        buckets: ``(Lq, Lk)`` bucket ids.
+        buckets: ``(Lq, Lk)`` bucket ids, or ``(B, Lq, Lk)`` for one set per sample.
 
     Returns:
         ``(B, 1, Lq, Lk)``, broadcast over heads.
@@ -162,8 +162,40 @@ def contextual_bias(q: Tensor, weight: Tensor, buckets: Tensor) -> Tensor:
         (torch.Size([2, 1, 5, 5]), True)
     """
     table = q[:, :1] @ weight[0]  # (B, 1, Lq, n_buckets)
-    index = buckets.expand(table.shape[0], 1, *buckets.shape)
+    index = buckets.unsqueeze(-3).expand(table.shape[0], 1, *buckets.shape[-2:])
     return torch.gather(table, -1, index)
+
+
+def irpe_buckets_at(grid: tuple[int, int], n_prefix: int, positions: Tensor, n_blocks: int) -> Tensor:
+    """iRPE bucket ids between tokens at given grid positions, one set per sample.
+
+    The queries are the ``n_prefix`` prefix tokens, then one token per position; the keys are
+    the prefix tokens, then ``n_blocks`` blocks (one per sensor) of one token per position. Each
+    pair gets the bucket of its true grid distance, as in ``irpe_buckets``.
+
+    Args:
+        grid: ``(h, w)`` patch grid.
+        n_prefix: tokens before the grid tokens (class token, MODIS tokens).
+        positions: ``(B, K)`` row-major grid indices of the tokens.
+        n_blocks: sensor blocks of ``K`` tokens among the keys.
+
+    Returns:
+        ``(B, n_prefix + K, n_prefix + n_blocks * K)`` int64, on the device of ``positions``.
+
+    Example:
+        >>> positions = torch.tensor([[0, 1, 2, 3]])  # the whole 2 x 2 grid, in order
+        >>> buckets = irpe_buckets_at((2, 2), 1, positions, n_blocks=2)
+        >>> buckets.shape
+        torch.Size([1, 5, 9])
+        >>> full = irpe_buckets(2, 2, 1, torch.device("cpu"))
+        >>> torch.equal(buckets[0], torch.cat([full, full[:, 1:]], dim=1))
+        True
+    """
+    full = irpe_buckets(grid[0], grid[1], n_prefix, positions.device)
+    prefix = torch.arange(n_prefix, device=positions.device).expand(positions.shape[0], -1)
+    rows = torch.cat([prefix, positions + n_prefix], dim=1)
+    cols = torch.cat([prefix, (positions + n_prefix).repeat(1, n_blocks)], dim=1)
+    return full[rows[:, :, None], cols[:, None, :]]
 
 
 @torch.no_grad()
@@ -302,8 +334,14 @@ class CrossAttention(nn.Module):
     Example:
         >>> cross = CrossAttention(16, 2)
         >>> x = torch.randn(2, 1 + 2 * 6, 16)  # class token, then 2 sensors of 2 x 3 patches
-        >>> cross(x, torch.zeros(1, 1 + 6, 16), grid=(2, 3), n_prefix=1).shape
+        >>> query_pos = torch.randn(1 + 6, 16)
+        >>> cross(x, query_pos, grid=(2, 3), n_prefix=1).shape
         torch.Size([2, 7, 16])
+        >>> positions = torch.tensor([[5, 0], [1, 2]])  # per sample, 2 of the 6 patches of each sensor
+        >>> some = torch.cat([x[:, :1], *(x[:, 1 + 6 * m:][torch.arange(2)[:, None], positions] for m in range(2))], 1)
+        >>> out = cross(some, query_pos, grid=(2, 3), n_prefix=1, positions=positions)
+        >>> out.shape
+        torch.Size([2, 3, 16])
     """
 
     def __init__(self, dim: int, num_heads: int):
@@ -317,21 +355,38 @@ class CrossAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.rpe_weight = nn.Parameter(torch.zeros(1, self.head_dim, IRPE_BUCKETS))
 
-    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int) -> Tensor:
-        """Attend from ``n_prefix + h*w`` queries to ``x = [prefix tokens, M blocks of h*w tokens]``.
+    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int,
+                positions: Tensor | None = None) -> Tensor:
+        """Attend from the prefix and grid queries to ``x = [prefix tokens, M sensor blocks]``.
 
-        Returns the ``(B, n_prefix + h*w, D)`` outputs.
+        Args:
+            x: ``(B, n_prefix + M * K, D)``: prefix tokens, then M blocks of K grid tokens.
+            query_pos: ``(n_prefix + h*w, D)`` added to the learned query: prefix rows, then one
+                row per grid patch.
+            grid: ``(h, w)`` patch grid.
+            n_prefix: tokens before the sensor blocks.
+            positions: ``(B, K)`` grid index of each token of a block, per sample; None: the
+                blocks hold every patch in order (``K = h*w``).
+
+        Returns:
+            ``(B, n_prefix + K, D)``: one output per prefix token and per position.
         """
         B, N, C = x.shape
         height, width = grid
-        n_patches = height * width
-        n_modalities = (N - n_prefix) // n_patches if n_patches else 0
-        q = (self.query + query_pos).view(1, -1, self.num_heads, self.head_dim).transpose(1, 2)
+        n_tokens = height * width if positions is None else positions.shape[1]
+        n_modalities = (N - n_prefix) // n_tokens if n_tokens else 0
         k = self.wk(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
         v = self.wv(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)
-        buckets = irpe_buckets(height, width, n_prefix, x.device)
-        buckets = torch.cat([buckets[:, :n_prefix], buckets[:, n_prefix:].repeat(1, n_modalities)], dim=1)
-        bias = contextual_bias(q, self.rpe_weight, buckets)  # un-scaled query, as the release
+        if positions is None:
+            q = (self.query + query_pos).view(1, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            buckets = irpe_buckets(height, width, n_prefix, x.device)
+            buckets = torch.cat([buckets[:, :n_prefix], buckets[:, n_prefix:].repeat(1, n_modalities)], dim=1)
+        else:
+            prefix = torch.arange(n_prefix, device=positions.device).expand(B, -1)
+            query_pos = query_pos[torch.cat([prefix, positions + n_prefix], dim=1)]
+            q = (self.query + query_pos).view(B, -1, self.num_heads, self.head_dim).transpose(1, 2)
+            buckets = irpe_buckets_at(grid, n_prefix, positions, n_modalities)
+        bias = contextual_bias(q, self.rpe_weight, buckets).to(q.dtype)  # un-scaled query, as the release
         q = q.expand(B, -1, -1, -1)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, -1, C))
@@ -349,7 +404,7 @@ class CrossBlock(nn.Module):
     Example:
         >>> block = CrossBlock(16, 2, 4.0, eps=1e-6)
         >>> x = torch.randn(2, 1 + 2 * 6, 16)  # class token, then 2 sensors of 2 x 3 patches
-        >>> block(x, torch.zeros(1, 1 + 6, 16), (2, 3), 1).shape  # one output per patch and the class token
+        >>> block(x, torch.zeros(1 + 6, 16), (2, 3), 1).shape  # one output per patch and the class token
         torch.Size([2, 7, 16])
     """
 
@@ -360,6 +415,8 @@ class CrossBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int) -> Tensor:
-        x = self.attn(self.norm1(x), query_pos, grid, n_prefix)
+    def forward(self, x: Tensor, query_pos: Tensor, grid: tuple[int, int], n_prefix: int,
+                positions: Tensor | None = None) -> Tensor:
+        """``x``, ``query_pos``, ``grid``, ``n_prefix``, ``positions``: as ``CrossAttention.forward``."""
+        x = self.attn(self.norm1(x), query_pos, grid, n_prefix, positions)
         return x + self.mlp(self.norm2(x))

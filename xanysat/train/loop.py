@@ -24,15 +24,10 @@ import torch.nn.functional as F
 
 from xanysat.nn.encoder import AnySat, AnySatConfig
 from xanysat.nn.state import load_state, rng_state, save_state, set_rng_state
-from xanysat.train.jepa import (
-    JEPA,
-    JEPAConfig,
-    build_optimizer,
-    collapse_stats,
-    lr_at,
-    momentum_at,
-    set_hyperparameters,
-)
+from xanysat.train.jepa import JEPA, JEPAConfig
+from xanysat.train.monitor import collapse_stats
+from xanysat.train.schedules import build_optimizer, lr_at, set_hyperparameters
+from xanysat.train.teacher import momentum_at
 
 LOG_FIELDS = ("step", "loss", "prediction_loss", "contrastive_loss", "lr", "momentum", "patch_size", "seconds")
 MONITOR_FIELDS = ("step", "teacher_std", "teacher_effective_rank", "teacher_within_tile_std")
