@@ -20,7 +20,7 @@ from xanysat.nn.heads import (
 )
 from xanysat.sensors.table import MODALITIES
 from xanysat.testing import synthetic_batch
-from xanysat.train.jepa import build_optimizer
+from xanysat.train.schedules import build_optimizer
 
 D = 32
 

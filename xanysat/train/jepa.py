@@ -39,7 +39,6 @@ from xanysat.nn.encoder import AnySat
 from xanysat.train.losses import jepa_loss, position_loss, target_embeddings, variance_covariance_loss
 from xanysat.train.masks import BlockMasks, drop_dates, sample_block_masks
 from xanysat.train.predictor import Predictor
-from xanysat.train.schedules import build_optimizer  # noqa: F401  re-exported for tests/test_heads.py
 from xanysat.train.student import encode_context
 from xanysat.train.teacher import ema_update
 
