@@ -18,6 +18,10 @@ fi
     || "$VENV_PYTHON" -m pip install --quiet --no-deps "pypgstac==0.9.12" \
     || echo "pypgstac could not be installed; the pgstac tests will be skipped." >&2
 
+# The layer contracts (pyproject [tool.importlinter]): each layer imports only those below it,
+# no import cycle, the torch layers never import xarray.
+"$VENV_DIR/bin/lint-imports"
+
 if [ "$#" -eq 0 ]; then
     set -- -n 2
 fi

@@ -35,24 +35,24 @@ def test_base_official_keys_and_shapes_match_the_released_checkpoint():
 def test_official_round_trip_is_strict():
     model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2)).eval()
     state = to_official_state_dict(model)
-    again = AnySat.from_official({"state_dict": state}, model.config)
+    again = load_official({"state_dict": state}, model.config)
     assert not again.training
     for key, value in again.state_dict().items():
         torch.testing.assert_close(value, model.state_dict()[key])
     with pytest.raises(CheckpointError, match="missing"):
-        AnySat.from_official({k: v for k, v in state.items() if k != "cls_token"}, model.config)
+        load_official({k: v for k, v in state.items() if k != "cls_token"}, model.config)
     with pytest.raises(CheckpointError, match="not AnySat keys"):
-        AnySat.from_official({**state, "predictor.mask_token": torch.zeros(1)}, model.config)
+        load_official({**state, "predictor.mask_token": torch.zeros(1)}, model.config)
     with pytest.raises(CheckpointError, match="projector_s1-des"):
-        AnySat.from_official({**state, "projector_s1-des.pad_parameter": torch.zeros(())}, model.config)
+        load_official({**state, "projector_s1-des.pad_parameter": torch.zeros(())}, model.config)
     with pytest.raises(CheckpointError, match="wrong shape"):
-        AnySat.from_official({**state, "cls_token": torch.zeros(1, 1, 8)}, model.config)
+        load_official({**state, "cls_token": torch.zeros(1, 1, 8)}, model.config)
 
 
 def test_lightning_prefixes_are_stripped():
     model = AnySat(AnySatConfig(embed_dim=32, depth=1, num_heads=2, sensors=("s2",)))
     state = {f"target_encoder.{k}": v for k, v in to_official_state_dict(model).items()}
-    loaded = AnySat.from_official({"state_dict": state}, model.config)
+    loaded = load_official({"state_dict": state}, model.config)
     assert weights_hash(loaded) == weights_hash(model)
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from tests.conftest import PARITY, load_fixture
-from xanysat import AnySat
-from xanysat.nn.checkpoint import config_from_official
+from xanysat.nn.checkpoint import config_from_official, load_official
 
 OUTPUTS = load_fixture("expected_outputs.pt") if PARITY.is_dir() else {}
 EXTRA = load_fixture("expected_extra_cases.pt") if PARITY.is_dir() else {"outputs": {}}
@@ -27,7 +26,7 @@ def official_inputs():
 
 @pytest.fixture(scope="module")
 def model():
-    return AnySat.from_official(load_fixture("tiny_anysat_state_dict.pt"), _config())
+    return load_official(load_fixture("tiny_anysat_state_dict.pt"), _config())
 
 
 def _parse(key):
@@ -47,7 +46,7 @@ def test_outputs_float32(model, official_inputs, key):
 @pytest.mark.parametrize("key", sorted(k for k in OUTPUTS if k.endswith("_f64")))
 def test_outputs_float64(model, official_inputs, key):
     ps, output, _ = _parse(key)
-    model64 = AnySat.from_official(load_fixture("tiny_anysat_state_dict.pt"), _config()).double()
+    model64 = load_official(load_fixture("tiny_anysat_state_dict.pt"), _config()).double()
     batch = {k: v.double() if v.is_floating_point() else v for k, v in official_inputs.items()}
     with torch.no_grad():
         got = model64(batch, ps, output)
@@ -88,7 +87,7 @@ def test_intermediates(model, official_inputs, ps, sensor):
 @pytest.mark.parametrize("key", sorted(FLASH))
 def test_official_flash_attention_emulation(official_inputs, key):
     config = config_from_official(_config()["config"]).with_changes(official_flash_attention=True)
-    flash = AnySat.from_official(load_fixture("tiny_anysat_state_dict.pt"), config)
+    flash = load_official(load_fixture("tiny_anysat_state_dict.pt"), config)
     ps, output, _ = _parse(key)
     with torch.no_grad():
         got = flash(official_inputs, ps, output)

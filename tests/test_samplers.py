@@ -8,14 +8,8 @@ import pytest
 import torch
 
 from xanysat.cube.read import as_cube
-from xanysat.loaders.samplers import (
-    GridTileSampler,
-    MultiDatasetSampler,
-    RandomTileSampler,
-    TileQuery,
-    grid_unit,
-    multi_dataset_batches,
-)
+from xanysat.loaders.multi import MultiDatasetSampler, multi_dataset_batches
+from xanysat.loaders.samplers import GridTileSampler, RandomTileSampler, TileQuery, grid_unit
 from xanysat.testing import synthetic_cube
 
 ORIGIN = (600_000.0, 5_700_000.0)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from xanysat.cube.runtime import DTYPES, forward_lock, get_model, placement
+from xanysat.cube.task import pixel_window
 
 
 def run_block(job, block: tuple[int, int], pieces) -> np.ndarray:
@@ -87,7 +88,6 @@ def _plan(job, name):
 def _assemble(plan, g, block, pieces) -> np.ndarray:
     """The block's window (with halo) of one sensor, NaN outside the data; ``pieces`` are
     ``[array, first row, first column]`` in the sensor's pixel grid."""
-    from xanysat.cube.embed import pixel_window
 
     (r0, r1), (c0, c1) = pixel_window(plan, g, block)
     lead = (plan.n_dates, plan.n_bands) if plan.doy is not None else (plan.n_bands,)
@@ -103,7 +103,6 @@ def _assemble(plan, g, block, pieces) -> np.ndarray:
 
 
 def _tile_input(plan, g, block, tile, window) -> np.ndarray:
-    from xanysat.cube.embed import pixel_window
 
     (r0, _), (c0, _) = pixel_window(plan, g, block)
     res = plan.resolution_m

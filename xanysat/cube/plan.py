@@ -274,7 +274,7 @@ def task_memory(setup: Setup) -> dict:
         >>> mem["total"] == sum(v for k, v in mem.items() if k != "total")
         True
     """
-    from xanysat.cube.embed import SensorPlan, chunk_range, pixel_window
+    from xanysat.cube.task import SensorPlan, chunk_range, pixel_window
 
     g = setup.geometry
     block = tuple(min(1, n - 1) for n in g.n_blocks)

@@ -31,12 +31,9 @@ class Regions:
         region_blocks: blocks per region along y and x.
 
     Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> from xanysat.cube.job import setup_job
-        >>> from xanysat.cube.options import EmbedOptions
-        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
-        >>> regions = Regions(setup.geometry, (1, 2))  # 2 x 3 blocks of one 160 m tile
+        >>> from xanysat.cube.tiling import make_geometry
+        >>> g = make_geometry((320, 480), 40, ["s2"], tile_size=160, block_tiles=1)
+        >>> regions = Regions(g, (1, 2))  # 2 x 3 blocks of one 160 m tile
         >>> regions.shape, regions.count, list(regions)
         ((2, 2), 4, [(0, 0), (0, 1), (1, 0), (1, 1)])
         >>> regions.blocks((1, 1)), regions.metres((1, 1))
@@ -99,14 +96,11 @@ def default_region_blocks(geometry: Geometry, workers: int, cube: Cube | None = 
         Blocks per region along y and x, at most the cube's.
 
     Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> from xanysat.cube.job import setup_job
-        >>> from xanysat.cube.options import EmbedOptions
-        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
-        >>> setup.geometry.n_blocks
+        >>> from xanysat.cube.tiling import make_geometry
+        >>> g = make_geometry((320, 480), 40, ["s2"], tile_size=160, block_tiles=1)
+        >>> g.n_blocks
         (2, 3)
-        >>> default_region_blocks(setup.geometry, 1), default_region_blocks(setup.geometry, 8)
+        >>> default_region_blocks(g, 1), default_region_blocks(g, 8)
         ((2, 2), (2, 3))
     """
     target = max(4, TASKS_PER_WORKER * max(1, workers))
@@ -150,14 +144,11 @@ def resolve_region_blocks(geometry: Geometry, region_blocks, workers: int, cube:
         ValueError: ``region_blocks`` is not a positive int or pair.
 
     Example:
-        >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> from xanysat.cube.job import setup_job
-        >>> from xanysat.cube.options import EmbedOptions
-        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
-        >>> resolve_region_blocks(setup.geometry, 5, workers=1)  # clipped to 2 x 3 blocks
+        >>> from xanysat.cube.tiling import make_geometry
+        >>> g = make_geometry((320, 480), 40, ["s2"], tile_size=160, block_tiles=1)
+        >>> resolve_region_blocks(g, 5, workers=1)  # clipped to 2 x 3 blocks
         (2, 3)
-        >>> resolve_region_blocks(setup.geometry, 0, workers=1)
+        >>> resolve_region_blocks(g, 0, workers=1)
         Traceback (most recent call last):
             ...
         ValueError: region_blocks must be a positive int or a (rows, cols) pair, got 0.
@@ -231,12 +222,12 @@ def slice_pixels(cube: Cube, g: Geometry, metres) -> tuple[float, dict]:
         ``((row0, row1), (col0, col1))``.
 
     Example:
+        >>> from xanysat.cube.read import as_cube
+        >>> from xanysat.cube.tiling import make_geometry
         >>> from xanysat.testing import synthetic_cube
-        >>> cube = synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3)
-        >>> from xanysat.cube.job import setup_job
-        >>> from xanysat.cube.options import EmbedOptions
-        >>> setup = setup_job(cube, EmbedOptions(40, tile_size=160, block_tiles=1), model="untrained-tiny")
-        >>> slice_pixels(setup.cube, setup.geometry, ((160.0, 320.0), (320.0, 480.0)))
+        >>> cube = as_cube(synthetic_cube(("s2",), extent_m=(320, 480), n_dates=3))
+        >>> g = make_geometry(cube.extent_m, 40, ["s2"], tile_size=160, block_tiles=1)
+        >>> slice_pixels(cube, g, ((160.0, 320.0), (320.0, 480.0)))
         ((160.0, 320.0), {'s2': ((16, 32), (32, 48))})
     """
     step = alignment_m(cube)

@@ -252,21 +252,6 @@ class AnySat(nn.Module):
             if name.endswith(("cls_token", "rpe_weight", ".query")):
                 nn.init.trunc_normal_(p, std=0.02)
 
-    @classmethod
-    def from_official(cls, state_dict_or_path, config: AnySatConfig | dict | None = None) -> AnySat:
-        """Build a model from an official AnySat checkpoint (strict key check), in eval mode.
-
-        Args:
-            state_dict_or_path: a state dict, a checkpoint dict with ``'state_dict'``, or a path.
-            config: an ``AnySatConfig``, the official config dict, or None for ``base``.
-
-        Example:
-            >>> model = AnySat.from_official("AnySat.pth")  # doctest: +SKIP
-        """
-        from xanysat.nn.checkpoint import load_official
-
-        return load_official(state_dict_or_path, config)
-
     def forward(self, batch: dict[str, Tensor], patch_size: int, output: Output = "patch",
                 output_modality: str | None = None, *, dense_layout: Literal["raster", "official"] = "raster",
                 ) -> Tensor:

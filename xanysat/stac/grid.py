@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass
-from fractions import Fraction
 
 import numpy as np
 
 from xanysat.errors import StacError
+from xanysat.sensors.rules import pixel_lcm_m
 from xanysat.sensors.table import MODALITIES
 from xanysat.stac.client import check_lonlat_bbox
 
@@ -79,7 +79,7 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
         check_lonlat_bbox(bbox)
     box = BoundingBox(*map(float, bbox), crs=bbox_crs).to_crs(crs)
     if align_m is None:
-        align_m = _lcm([MODALITIES[s].resolution_m for s in items_by_sensor])
+        align_m = pixel_lcm_m(MODALITIES[s].resolution_m for s in items_by_sensor)
     a = float(align_m)
     bounds = (math.floor(box.left / a) * a, math.floor(box.bottom / a) * a,
               math.ceil(box.right / a) * a, math.ceil(box.top / a) * a)
@@ -149,12 +149,3 @@ def _item_crs(item) -> str | None:
             if epsg or code:
                 break
     return f"EPSG:{epsg}" if epsg else (str(code) if code else None)
-
-
-def _lcm(values) -> float:
-    fractions = [Fraction(v).limit_denominator(1000) for v in values]
-    result = fractions[0]
-    for f in fractions[1:]:
-        num = math.lcm(result.numerator * f.denominator, f.numerator * result.denominator)
-        result = Fraction(num, result.denominator * f.denominator)
-    return float(result)
