@@ -76,7 +76,7 @@ def test_date_origin_is_in_the_attrs_of_every_output(origin, tmp_path):
 
 def test_statistics_order_user_then_model_then_table():
     cube = s2_s1_cube()
-    model_stats = {"s1-asc": NormStats((1.0, 2.0, 3.0), (1.0, 1.0, 1.0), "model"),
+    model_stats = {"s1-asc": NormStats((1.0, 2.0), (1.0, 1.0), "model"),
                    "s2": NormStats((0.0,) * 10, (1.0,) * 10, "model")}
     user = {"s2": ((5.0,) * 10, (2.0,) * 10)}
     inputs = prepare(cube, normalize=user, model_stats=model_stats)

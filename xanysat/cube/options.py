@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
+from xanysat.cube.normalize import check_normalize
 from xanysat.cube.tiling import OUTPUTS
 from xanysat.errors import AnySatInputError
 from xanysat.sensors.rules import check_patch_size, parse_date_origin
@@ -73,15 +74,11 @@ class EmbedOptions:
             raise AnySatInputError(f"batch_size must be a positive whole number of tiles, got {self.batch_size!r}.")
         if not _whole(self.overlap) or self.overlap < 0:
             raise AnySatInputError(f"overlap must be a non-negative whole number of metres, got {self.overlap!r}.")
-        if not isinstance(self.device, str) or not (self.device in ("auto", "cpu", "mps")
-                                                    or self.device.split(":")[0] == "cuda"):
+        if not isinstance(self.device, str):
             raise AnySatInputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}.")
-        if self.dtype is not None and str(self.dtype).removeprefix("torch.") not in DTYPE_NAMES:
-            raise AnySatInputError(f"dtype must be None or one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}.")
-        if not isinstance(self.normalize, (bool, Mapping)) and self.normalize is not None:
-            raise AnySatInputError(
-                f"normalize must be True, False or a mapping sensor -> (mean, std), got {self.normalize!r}."
-            )
+        check_device(self.device)
+        check_dtype(self.dtype)
+        check_normalize(self.normalize)
         origin = parse_date_origin(self.date_origin)
         object.__setattr__(self, "date_origin", None if origin is None else str(origin))
         object.__setattr__(self, "batch_size", int(self.batch_size))
@@ -109,6 +106,47 @@ class EmbedOptions:
 
     def __dask_tokenize__(self):
         return (type(self).__name__, repr(_plain(asdict(self))))
+
+
+def check_device(device) -> str:
+    """A device name xanysat can run on: ``"auto"``, ``"cpu"``, ``"mps"``, ``"cuda"`` or ``"cuda:N"``
+    (or a ``torch.device`` of these); ``None`` is ``"auto"``.
+
+    Returns:
+        The device name.
+
+    Raises:
+        AnySatInputError: any other device.
+
+    Example:
+        >>> check_device("cuda:1"), check_device(None)
+        ('cuda:1', 'auto')
+        >>> check_device("tpu")
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.AnySatInputError: device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'.
+    """
+    if device is None:
+        return "auto"
+    name = str(device) if type(device).__module__ == "torch" else device
+    kind, _, index = name.partition(":") if isinstance(name, str) else ("", "", "")
+    if not (name in ("auto", "cpu", "mps") or (kind == "cuda" and (index == "" or index.isdigit()))):
+        raise AnySatInputError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}.")
+    return name
+
+
+def check_dtype(dtype) -> None:
+    """Refuse a dtype other than ``None``, ``"float32"``, ``"bfloat16"`` or ``"float16"`` (or their torch dtypes).
+
+    Example:
+        >>> check_dtype("bfloat16")
+        >>> check_dtype("float64")
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.AnySatInputError: dtype must be None or one of float32, bfloat16, float16, got 'float64'.
+    """
+    if dtype is not None and str(dtype).removeprefix("torch.") not in DTYPE_NAMES:
+        raise AnySatInputError(f"dtype must be None or one of {', '.join(DTYPE_NAMES)}, got {dtype!r}.")
 
 
 def describe(options: EmbedOptions, inputs, geometry, ref, features: int, output_modality) -> dict:

@@ -20,10 +20,13 @@ import numpy as np
 import xarray as xr
 
 from xanysat.cube.embed import EMBEDDING, FEATURE
+from xanysat.cube.normalize import check_normalize
+from xanysat.cube.options import check_device, check_dtype
 from xanysat.cube.prepare import Inputs, SensorInput, is_points, prepare
 from xanysat.cube.read_points import OBS, SAMPLE, no_sample_message
 from xanysat.cube.runtime import ModelRef, client_model, model_ref
-from xanysat.errors import DimensionError, ModalityError
+from xanysat.errors import AnySatInputError, DimensionError, ModalityError
+from xanysat.sensors.rules import parse_date_origin
 from xanysat.sensors.table import MODALITIES
 
 DEFAULT_CHUNK = 4096
@@ -80,8 +83,10 @@ def embed_points(data, *, sensor: str | None = None, model=None, batch_size: int
         valid value are NaN.
 
     Raises:
-        DimensionError: no ``sample`` dim, no dates, unsorted or duplicate dates in a sample,
-            unknown dims or bands.
+        AnySatInputError: a bad setting (``batch_size``, ``device``, ``dtype``, ``normalize``,
+            ``date_origin``), checked as ``embed`` checks them, before anything is read.
+        DimensionError: no ``sample`` dim, no dates (or numbers instead of dates), unsorted or
+            duplicate dates in a sample, unknown dims or bands, unusable statistics.
         ModalityError: unknown sensor, or one that cannot be a one-pixel tile.
 
     Example:
@@ -103,7 +108,11 @@ def embed_points(data, *, sensor: str | None = None, model=None, batch_size: int
     from dask.base import tokenize
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive number of samples, got {batch_size!r}.")
+        raise AnySatInputError(f"batch_size must be a positive number of samples, got {batch_size!r}.")
+    device = check_device(device)  # the settings embed checks with EmbedOptions, before anything is read
+    check_dtype(dtype)
+    check_normalize(normalize)
+    parse_date_origin(date_origin)
     if not is_points(data):
         raise DimensionError(no_sample_message(getattr(data, "name", None) or type(data).__name__,
                                                tuple(getattr(data, "dims", ()))))
@@ -169,11 +178,11 @@ def _sample_chunks(chunks, sensors: dict[str, SensorInput], n: int):
         return min(n, DEFAULT_CHUNK)
     if isinstance(chunks, (int, np.integer)):
         if chunks < 1 and chunks != -1:
-            raise ValueError(f"chunks must be a positive number of samples, got {chunks}.")
+            raise AnySatInputError(f"chunks must be a positive number of samples, got {chunks}.")
         return n if chunks == -1 else int(chunks)
     chunks = tuple(int(c) for c in chunks)
     if sum(chunks) != n:
-        raise ValueError(f"chunks {chunks} add up to {sum(chunks)} samples, not {n}.")
+        raise AnySatInputError(f"chunks {chunks} add up to {sum(chunks)} samples, not {n}.")
     return chunks
 
 

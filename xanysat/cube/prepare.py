@@ -121,8 +121,10 @@ class Inputs:
         return dates_description(self.date_origin)
 
     def normalization(self) -> dict:
-        """sensor -> ``{"mean", "std", "source"}`` or ``None``, as written to the output's attrs."""
-        return {n: None if s.stats is None else {"mean": list(s.stats.mean), "std": list(s.stats.std),
+        """sensor -> ``{"mean", "std", "source"}`` or ``None``, as written to the output's attrs (JSON):
+        the NaN statistics of bands absent from the input (``fit_normalization`` gives NaN for
+        them; they are never used) are written as ``None``."""
+        return {n: None if s.stats is None else {"mean": _json_floats(s.stats.mean), "std": _json_floats(s.stats.std),
                                                  "source": s.stats.source}
                 for n, s in self.sensors.items()}
 
@@ -187,7 +189,7 @@ def prepare(data, *, sensor: str | None = None, normalize=True, model_stats: Map
         >>> import numpy as np, xarray as xr
         >>> points = xr.DataArray(np.ones((3, 2, 2), "float32"), dims=("sample", "time", "band"), name="s1-asc",
         ...     coords={"time": np.array(["2021-01-05", "2021-02-01"], "datetime64[ns]"), "band": ["VV", "VH"]})
-        >>> inputs = prepare(points, model_stats={"s1-asc": NormStats((0, 0, 0), (1, 1, 1), "the model's")})
+        >>> inputs = prepare(points, model_stats={"s1-asc": NormStats((0, 0), (1, 1), "the model's")})
         >>> inputs.kind, inputs.n_samples, inputs.sensors["s1-asc"].stats.source
         ('points', 3, "the model's")
         >>> prepare(points, statistics=False).sensors["s1-asc"].stats is None
@@ -202,15 +204,21 @@ def prepare(data, *, sensor: str | None = None, normalize=True, model_stats: Map
     else:
         cube = as_cube(data, sensor)
         reads, n_samples = cube.sensors, None
-    stats = resolve_normalization(tuple(reads), normalize, model_stats) if statistics else dict.fromkeys(reads)
+    absent = {name: absent_bands(MODALITIES[name], r.band_indices[0]) for name, r in reads.items()}
+    stats = resolve_normalization(tuple(reads), normalize, model_stats, absent) if statistics \
+        else dict.fromkeys(reads)
     sensors = {}
     for name, r in reads.items():
         m = MODALITIES[name]
         indices, _ = r.band_indices
         derived = tuple(b for b, i in zip(m.bands, indices) if i is None and derivable(m, b, indices))
         days = None if r.dates is None else day_numbers(r.dates, date_origin)
-        sensors[name] = SensorInput(r, absent_bands(m, indices), derived, days, stats[name])
+        sensors[name] = SensorInput(r, absent[name], derived, days, stats[name])
     return Inputs(sensors, cube, n_samples, None if origin is None else str(origin), statistics)
+
+
+def _json_floats(values) -> list:
+    return [None if v is None or not np.isfinite(float(v)) else float(v) for v in values]
 
 
 def is_points(data) -> bool:

@@ -8,6 +8,7 @@ Everything wrong with the input is reported here, before a graph is built.
 
 from __future__ import annotations
 
+import numbers
 import warnings
 from dataclasses import dataclass
 
@@ -142,8 +143,9 @@ def as_cube(obj, sensor: str | None = None) -> Cube:
     for name, da, attrs in parts:
         if name in sensors:
             raise ModalityError(f"sensor {name!r} appears twice in the cube; keep one node or variable per sensor.")
+        crs[name] = _crs_of(da, name)  # before the grid: a CRS in degrees or feet explains odd pixel sizes
+        check_metric_crs(crs[name], name)
         sensors[name] = _sensor_cube(name, da, attrs)
-        crs[name] = _crs_of(da, name)
     return _on_one_grid(sensors, crs)
 
 
@@ -321,15 +323,19 @@ def _grid_of(da: xr.DataArray, name: str) -> tuple[float, tuple[float, float]]:
 def as_datetimes(values, name: str) -> np.ndarray:
     """A ``time`` coordinate's values as ``datetime64[ns]``, or a ``DimensionError``.
 
+    Datetimes (numpy, pandas or Python) and strings numpy parses as dates are accepted.
+    Numbers are refused: numpy would read ``[10, 50]`` as nanoseconds after 1970-01-01, so
+    every date would silently be 1 January 1970.
+
     Args:
-        values: the coordinate's values: datetimes, or anything numpy parses as dates.
+        values: the coordinate's values: datetimes, or strings numpy parses as dates.
         name: the sensor, for the error message.
 
     Returns:
         The values as ``datetime64[ns]``.
 
     Raises:
-        DimensionError: the values are not dates.
+        DimensionError: the values are not dates (numbers, durations, or unparseable strings).
 
     Example:
         >>> as_datetimes(["2021-03-01", "2021-03-17T10:30"], "s2")
@@ -339,14 +345,32 @@ def as_datetimes(values, name: str) -> np.ndarray:
         Traceback (most recent call last):
             ...
         xanysat.errors.DimensionError: 's2''s 'time' coordinate holds <U6; expected dates (datetime64).
+        >>> as_datetimes([10, 50], "s2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: 's2''s 'time' coordinate holds numbers (int64), not dates: ...
     """
     t = np.asarray(values)
+    if t.dtype.kind in "biufcm" or (t.dtype.kind == "O" and any(_is_number(v) for v in t.ravel())):
+        what = "durations" if t.dtype.kind == "m" else "numbers"
+        raise DimensionError(
+            f"{name!r}'s 'time' coordinate holds {what} ({t.dtype}), not dates: numbers would be read as "
+            "nanoseconds after 1970-01-01. Convert them to datetimes, e.g. day numbers of 2021: "
+            "ds.assign_coords(time=pd.to_datetime('2021-01-01') + pd.to_timedelta(ds.time - 1, unit='D')); "
+            "Unix seconds: ds.assign_coords(time=pd.to_datetime(ds.time, unit='s')); or build the "
+            "coordinate with np.datetime64 / np.array([...], 'datetime64[ns]')."
+        )
     if not np.issubdtype(t.dtype, np.datetime64):
         try:
             t = np.asarray(t, dtype="datetime64[ns]")
         except (TypeError, ValueError):
             raise DimensionError(f"{name!r}'s 'time' coordinate holds {t.dtype}; expected dates (datetime64).") from None
     return t.astype("datetime64[ns]")
+
+
+def _is_number(value) -> bool:
+    """A number in an object array (``datetime``/``Timestamp`` objects and strings are not)."""
+    return isinstance(value, (numbers.Number, np.number, np.timedelta64)) and not isinstance(value, np.datetime64)
 
 
 def _dates_of(da: xr.DataArray, name: str) -> np.ndarray:
@@ -393,17 +417,55 @@ def _crs_of(da: xr.DataArray, name: str) -> str:
     return crs.to_wkt()
 
 
+def check_metric_crs(crs: str, name: str) -> None:
+    """Refuse a CRS whose coordinates are not metres: xanysat reads pixel sizes and patch sizes
+    in metres from the ``x``/``y`` coordinates, so degrees (a geographic CRS) or US survey feet
+    would give wrong pixel sizes, or wrong embeddings.
+
+    Args:
+        crs: the sensor's CRS (anything ``pyproj.CRS.from_user_input`` takes: WKT, ``"EPSG:32631"``).
+        name: the sensor, for the message.
+
+    Raises:
+        DimensionError: a geographic CRS, a CRS that is not projected, or a projected CRS whose
+            axes are not in metres; the message says how to reproject.
+
+    Example:
+        >>> check_metric_crs("EPSG:32631", "s2")  # UTM: metres
+        >>> check_metric_crs("EPSG:4326", "s2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: 's2' is in WGS 84, a geographic CRS; expected a projected CRS in metres (e.g. UTM), not degrees. ...
+        >>> check_metric_crs("EPSG:2263", "s2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.DimensionError: 's2' is in NAD83 / New York Long Island (ftUS), whose axes are in US survey foot; ...
+    """
+    from pyproj import CRS
+
+    crs = CRS.from_user_input(crs)
+    fix = ("Reproject it, e.g. ds.rio.reproject('EPSG:326NN') with the UTM zone NN of the area "
+           "(ds.rio.estimate_utm_crs() finds it), or load it with odc.stac.load(..., crs='utm').")
+    if crs.is_geographic:
+        raise DimensionError(f"{name!r} is in {crs.name}, a geographic CRS; expected a projected CRS in metres "
+                             f"(e.g. UTM), not degrees. {fix}")
+    if not crs.is_projected:
+        raise DimensionError(f"{name!r} is in {crs.name}, which is not a projected CRS; expected a projected CRS in "
+                             f"metres (e.g. UTM). {fix}")
+    horizontal = crs.sub_crs_list[0] if crs.is_compound and crs.sub_crs_list else crs
+    units = {(a.unit_name, a.unit_conversion_factor) for a in horizontal.axis_info[:2]}
+    if not units or any(factor != 1.0 for _, factor in units):
+        names = ", ".join(sorted({unit for unit, _ in units})) or "unknown units"
+        raise DimensionError(f"{name!r} is in {crs.name}, whose axes are in {names}; expected a projected CRS in "
+                             f"metres: xanysat reads pixel sizes in metres. {fix}")
+
+
 def _on_one_grid(sensors: dict[str, SensorCube], crs: dict[str, str]) -> Cube:
     from pyproj import CRS
 
     names = list(sensors)
     first = names[0]
     ref_crs = CRS.from_wkt(crs[first])
-    if not ref_crs.is_projected:
-        raise DimensionError(
-            f"{first!r} is in {ref_crs.name}, a geographic CRS; expected a projected CRS in metres "
-            "(e.g. UTM). Reproject, e.g. odc.stac.load(..., crs='utm')."
-        )
     for name in names[1:]:
         if not CRS.from_wkt(crs[name]).equals(ref_crs):
             raise DimensionError(

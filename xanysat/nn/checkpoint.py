@@ -268,7 +268,8 @@ def load_official(source, config: AnySatConfig | dict | None = None) -> AnySat:
     return model.eval()
 
 
-def _load_strict(model: AnySat, state: dict[str, Tensor]) -> None:
+def _load_strict(model: AnySat, state: dict[str, Tensor], source: str = "checkpoint",
+                 fix: str = "load it with the architecture it was saved with") -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -279,7 +280,8 @@ def _load_strict(model: AnySat, state: dict[str, Tensor]) -> None:
             for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
             if keys
         )
-        raise CheckpointError(f"checkpoint does not match {model.config}: {detail}")
+        raise CheckpointError(f"{source} does not match {model.config}: {detail}. The weights were saved for "
+                              f"another architecture: {fix}.")
     model.load_state_dict(state, strict=True)
 
 
@@ -332,7 +334,9 @@ def load_pretrained(directory: str | Path) -> AnySat:
         The model, with its card (``model.card``: id, statistics, tile size).
 
     Raises:
-        CheckpointError: a file is missing, or the weights do not match the saved config.
+        CheckpointError: a file is missing, ``config.json`` is not JSON or lacks the architecture,
+            ``model.safetensors`` is truncated or corrupt, or the weights do not match the saved
+            config. The message names the file and says how to fix it.
 
     Example:
         >>> import tempfile
@@ -345,18 +349,60 @@ def load_pretrained(directory: str | Path) -> AnySat:
         Traceback (most recent call last):
             ...
         xanysat.errors.CheckpointError: no-such-directory has no model.safetensors; expected a directory ...
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     _ = (save_pretrained(model, directory) / "config.json").write_text("{")
+        ...     load_pretrained(directory)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.CheckpointError: .../config.json is not valid JSON (...); ...
     """
-    from safetensors.torch import load_file
-
     directory = Path(directory)
     for name in ("model.safetensors", "config.json"):
         if not (directory / name).is_file():
             raise CheckpointError(f"{directory} has no {name}; expected a directory written by save_pretrained.")
-    meta = json.loads((directory / "config.json").read_text())
-    model = AnySat(AnySatConfig.from_dict(meta["config"]))
-    _load_strict(model, load_file(directory / "model.safetensors"))
+    config_path, weights_path = directory / "config.json", directory / "model.safetensors"
+    meta, config = _read_config(config_path)
+    model = AnySat(config)
+    _load_strict(model, _read_safetensors(weights_path),
+                 f"{weights_path} (the weights; the architecture is in {config_path})",
+                 f"keep model.safetensors and config.json of one save_pretrained call together, or {_RESAVE}")
     model.card = ModelCard.from_json(meta, default_id=model.card.model_id)
     return model.eval()
+
+
+_RESAVE = "re-save the model with xanysat.nn.checkpoint.save_pretrained, or copy the directory again"
+
+
+def _read_config(path: Path) -> tuple[dict, AnySatConfig]:
+    """``config.json``'s content and architecture, or a ``CheckpointError`` naming the file."""
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is not valid JSON ({error}); {_RESAVE}.") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("config"), dict):
+        raise CheckpointError(f"{path} holds no architecture: expected a JSON object with a 'config' object (as "
+                              f"save_pretrained writes); {_RESAVE}.")
+    try:
+        config = AnySatConfig.from_dict(meta["config"])
+    except (TypeError, ValueError, KeyError) as error:  # unknown or missing fields, bad sizes, unknown sensors
+        raise CheckpointError(f"{path} has an invalid 'config' ({type(error).__name__}: {error}); {_RESAVE}.") from None
+    try:
+        ModelCard.from_json(meta)
+    except (TypeError, ValueError, KeyError, AttributeError) as error:
+        raise CheckpointError(f"{path} has an invalid model card (normalization, model_id, tile_m): "
+                              f"{type(error).__name__}: {error}; {_RESAVE}.") from None
+    return meta, config
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({error}): it is truncated or corrupt; "
+                              f"{_RESAVE}.") from None
 
 
 def weights_hash(model: AnySat) -> str:

@@ -99,7 +99,10 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
         device: where to put the model.
 
     Raises:
-        CheckpointError: ``"base"`` requested but its weights cannot be found or fetched.
+        CheckpointError: ``"base"`` requested but its weights cannot be found or fetched; an
+            unknown name, a missing directory or a file instead of a directory; a model
+            directory whose ``config.json`` or ``model.safetensors`` is unreadable or does not
+            match (``load_pretrained``). The message names the file.
 
     Example:
         >>> import xanysat
@@ -132,10 +135,17 @@ def load_model(name: str | Path | None = None, *, checkpoint: str | Path | None 
         return model.to(device)
     if name == UNTRAINED_TINY:
         return _untrained_tiny().to(device)
-    if Path(name).is_dir():
+    path = Path(name)
+    if path.is_dir():
         return load_pretrained(name).to(device)
+    if path.is_file():
+        raise CheckpointError(
+            f"{path} is a file; expected a model directory written by save_pretrained (model.safetensors and "
+            f"config.json). For the official AnySat.pth use xanysat.load_model('base', checkpoint='{path}')."
+        )
+    where = (f" (no directory {path})" if isinstance(name, Path) or os.sep in str(name) else "")
     raise CheckpointError(
-        f"unknown model {str(name)!r}: use 'base', '{DEFAULT}', '{UNTRAINED_TINY}' or a saved model directory."
+        f"unknown model {str(name)!r}{where}: use 'base', '{DEFAULT}', '{UNTRAINED_TINY}' or a saved model directory."
     )
 
 
