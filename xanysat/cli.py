@@ -15,18 +15,27 @@ Sensors the sensor table has no normalisation statistics for (``s1``, ``s1-asc``
 ``--fit-normalization`` (mean and std fitted on the cube itself). Clouds are masked where the
 items carry a QA asset (``--cloud-mask auto``).
 
-Exit codes: 0 done; 1 unexpected failure (traceback printed); 2 bad command line; 3 bad input
-(STAC API unreachable, no items, unknown collection or band, bad bbox, unreadable assets, a
-store written with other settings...); 4 model weights missing or invalid; 130 interrupted
-(finished regions of an ``embed`` stay in the store and a rerun resumes).
+Exit codes: 0 done; 1 unexpected failure (traceback printed); 2 bad command line (argparse: a
+missing or unknown flag, a number that is not one); 3 bad input (a bad value, CRS, output path or
+``--config`` file; STAC API unreachable, no items, unknown collection or band, bad bbox,
+unreadable assets, a store written with other settings...); 4 model unknown, or its weights
+missing or invalid; 130 interrupted (finished regions of an ``embed`` stay in the store and a
+rerun resumes). Exits 3 and 4 print one line on stderr, ``xanysat COMMAND: error: ...`` (or
+``model error:``) naming the fix; the values, paths, configs and model of a command are checked
+before any search, pixel read or training.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+
+from xanysat.errors import AnySatInputError, CheckpointError
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INPUT, EXIT_MODEL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
@@ -70,8 +79,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     import warnings
 
-    from xanysat.errors import AnySatInputError, CheckpointError
-
     def one_line(message, category, filename, lineno, line=None):
         return f"xanysat {args.command}: warning: {message}\n"
 
@@ -92,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    import xanysat
+
     parser = argparse.ArgumentParser(prog="xanysat", description="AnySat embeddings from STAC imagery.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {xanysat.__version__}")
     sub = parser.add_subparsers(dest="command")
     embed = sub.add_parser("embed", help="search, load, embed and write a Zarr store (resumable)")
     _cube_arguments(embed)
@@ -138,16 +148,23 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run_pretrain(args) -> int:
-    from pathlib import Path
+    for flag, value in (("--steps", args.steps), ("--threads", args.threads)):
+        _check_count(flag, value)
+    _check_output_dir("--out", args.out)
+    settings = _read_toml(args.config) if args.config else None
 
     from xanysat.apps.pretraining import default_config, pretrain_default
     from xanysat.nn.checkpoint import save_pretrained
-    from xanysat.train.loop import load_config
+    from xanysat.train.loop import PretrainConfig, config_from_settings
 
-    config = load_config(args.config) if args.config else default_config("runs/pretrain")
+    if settings is None:
+        config = default_config("runs/pretrain")
+    else:
+        config = config_from_settings(settings, PretrainConfig, source=args.config)
     for name, value in (("out_dir", args.out), ("steps", args.steps), ("threads", args.threads)):
         if value is not None:
             setattr(config, name, value)
+    _check_pretrain_config(config, args.config or "the default recipe")
     encoder = pretrain_default(config, resume=not args.no_resume)
     out = Path(config.out_dir)
     model_dir = save_pretrained(encoder, out / "model",
@@ -156,7 +173,19 @@ def _run_pretrain(args) -> int:
     return EXIT_OK
 
 
+def _check_pretrain_config(config, source: str) -> None:
+    """A pretraining config's counts, run directory and starting weights, before any training."""
+    for name in ("steps", "threads", "checkpoint_every", "monitor_every"):
+        _check_count(f"{source}: {name}", getattr(config, name))
+    _check_output_dir(f"{source}: out_dir", config.out_dir)
+    if config.init_from:
+        _check_model_dir(config.init_from, f"{source}: init_from")
+
+
 def _run_evaluate(args) -> int:
+    _check_model_dir(args.model, "--model")
+    if args.card:
+        _check_run_dir(args.card)
     from xanysat.apps.evaluation import compare, table
 
     results = table(compare(args.model))
@@ -168,14 +197,26 @@ def _run_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _check_run_dir(path: str) -> None:
+    """``--card``: a pretraining run directory (what ``write_model_card`` reads from it)."""
+    files = ("config.json", "log.csv", "monitor.csv", "loss.png")
+    missing = [name for name in files if not (Path(path) / name).is_file()]
+    _require(not missing, f"--card {path} lacks {', '.join(missing)}; give the run directory that "
+                          "'xanysat pretrain --out' wrote.")
+
+
 def _run_finetune(args) -> int:
+    if args.map:
+        _check_output_file("--map", args.map, (".tif", ".tiff", ".zarr"))
+    settings = _read_toml(args.config)
     from dataclasses import replace
-    from pathlib import Path
 
-    from xanysat.apps.finetune import finetune, load_config, open_cube
+    from xanysat.apps.finetune import FinetuneConfig, finetune, open_cube
     from xanysat.cube.predict import predict
+    from xanysat.train.loop import config_from_settings
 
-    cfg = replace(load_config(args.config), freeze=args.freeze)
+    cfg = replace(config_from_settings(settings, FinetuneConfig, source=args.config), freeze=args.freeze)
+    _check_finetune_config(cfg, args.config)
     task, rows = finetune(cfg, resume=not args.no_resume)
     print("\n".join(" | ".join(r) for r in map(lambda r: [str(c) for c in r], rows)))
     _say(f"wrote {Path(cfg.out_dir) / 'task'}")
@@ -184,12 +225,44 @@ def _run_finetune(args) -> int:
 
         classes = json.loads((Path(cfg.out_dir) / "task" / "task.json").read_text())["classes"]
         classes_map = predict(open_cube(cfg.cube), task, kind="classes", classes=classes, tile_size=cfg.tile_m)
+        Path(args.map).parent.mkdir(parents=True, exist_ok=True)
         if args.map.endswith((".tif", ".tiff")):
             classes_map.rio.to_raster(args.map)
         else:
             classes_map.to_zarr(args.map, mode="w")
         _say(f"wrote {args.map}")
     return EXIT_OK
+
+
+def _check_finetune_config(cfg, source: str) -> None:
+    """A probe / fine-tuning config's task, files, numbers and model, before the cube is read."""
+    from xanysat.apps.finetune import TASKS
+    from xanysat.errors import PatchSizeError
+    from xanysat.sensors.rules import check_patch_size
+
+    _require(cfg.task in TASKS, f"{source}: task must be one of {', '.join(map(repr, TASKS))}, got {cfg.task!r}.")
+    _require(bool(cfg.labels), f'{source}: labels is not set; give the label raster, e.g. labels = "labels.tif".')
+    _require(Path(cfg.labels).exists(), f"{source}: labels {cfg.labels!r} does not exist; give the path of a label "
+                                        "raster (GeoTIFF, NetCDF or Zarr), relative to the working directory.")
+    _require(cfg.cube == "worldcereal" or Path(cfg.cube).exists(),
+             f"{source}: cube {cfg.cube!r} does not exist; give 'worldcereal' (the shipped sample) or the path of a "
+             "cube xarray.open_datatree reads.")
+    for name in ("epochs", "batch_size", "tile_m"):
+        _check_count(f"{source}: {name}", getattr(cfg, name))
+    try:
+        check_patch_size(cfg.patch_size, ())
+    except PatchSizeError as error:
+        raise AnySatInputError(f"{source}: {error}") from error
+    _require(0 < cfg.train_fraction <= 1, f"{source}: train_fraction must be in (0, 1], got {cfg.train_fraction}; "
+                                          "e.g. train_fraction = 0.5.")
+    _require(cfg.lr > 0 and cfg.weight_decay >= 0, f"{source}: lr must be positive and weight_decay not negative, "
+                                                   f"got lr = {cfg.lr}, weight_decay = {cfg.weight_decay}.")
+    _require(all(isinstance(c, int) and not isinstance(c, bool) for c in cfg.classes),
+             f"{source}: classes must be the label values to learn, whole numbers, got {cfg.classes!r}; "
+             "e.g. classes = [1, 2].")
+    _check_crs(f"{source}: label_crs", cfg.label_crs, projected=False)
+    _check_output_dir(f"{source}: out_dir", cfg.out_dir)
+    _check_model(cfg.model, f"{source}: model")
 
 
 def _cube_arguments(p: argparse.ArgumentParser) -> None:
@@ -263,11 +336,23 @@ def _cube(args, *, check_assets: bool):
 
 
 def _embed_options(args, normalize=True):
-    """The command line's embed settings as one ``EmbedOptions`` (bad values exit 3 here)."""
+    """The command line's embed settings as one ``EmbedOptions`` (bad values exit 3 here, in the
+    command line's words: ``--batch-size must be ...``)."""
     from xanysat.cube.options import EmbedOptions
 
-    return EmbedOptions(args.patch_size, args.output_kind, tile_size=args.tile_size, overlap=args.overlap,
-                        batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=normalize)
+    try:
+        options = EmbedOptions(args.patch_size, args.output_kind, tile_size=args.tile_size, overlap=args.overlap,
+                               batch_size=args.batch_size, device=args.device, dtype=args.dtype, normalize=normalize)
+    except AnySatInputError as error:
+        name = str(error).split(" ", 1)[0]
+        raise AnySatInputError(EMBED_FLAGS.get(name, name) + str(error)[len(name):]) from error
+    patch = options.patch_size
+    _require(args.tile_size is None or (args.tile_size > 0 and args.tile_size % patch == 0),
+             f"--tile-size must be a positive multiple of --patch-size ({patch} m), got {args.tile_size}; e.g. "
+             f"--tile-size {8 * patch}, or leave it out for the model's default.")
+    _require(options.overlap % patch == 0, f"--overlap must be a multiple of --patch-size ({patch} m), got "
+                                           f"{options.overlap}; e.g. --overlap {patch}.")
+    return options
 
 
 def _normalize(args, cube):
@@ -280,8 +365,6 @@ def _normalize(args, cube):
     if not args.fit_normalization:
         unknown = [name for name in missing if name not in _model_normalization(args.model)]
         if unknown:
-            from xanysat.errors import AnySatInputError
-
             raise AnySatInputError(
                 f"neither the sensor table nor the model has normalisation statistics for "
                 f"{', '.join(map(repr, unknown))}: pass --fit-normalization to fit them on this cube, or leave the "
@@ -295,11 +378,15 @@ def _normalize(args, cube):
 
 
 def _run_embed(args) -> int:
-    from xanysat.cube.zarr import embed_to_zarr
-    from xanysat.errors import AnySatInputError
-
     start = time.perf_counter()
-    _embed_options(args)  # settings checked before any search or read
+    _embed_options(args)  # settings, outputs, query and model checked before any search or read
+    _check_store("-o", args.output_zarr)
+    if args.png:
+        _check_output_file("--png", args.png, (".png",))
+    _check_query(args)
+    _check_model(args.model, "--model")
+    from xanysat.cube.zarr import embed_to_zarr
+
     cube = _cube(args, check_assets=True)
     for name, node in cube.children.items():
         da = node[name]
@@ -339,9 +426,14 @@ def _regions_done(store) -> tuple[int, int] | None:
 
 
 def _run_plan(args) -> int:
+    options = _embed_options(args)
+    _require(args.throughput is None or (math.isfinite(args.throughput) and args.throughput > 0),
+             f"--throughput must be a positive number of tiles per second, got {args.throughput}; e.g. "
+             "--throughput 2, or leave it out to measure it on this machine.")
+    _check_query(args)
+    _check_model(args.model, "--model")
     from xanysat.cube.plan import plan
 
-    options = _embed_options(args)
     cube = _cube(args, check_assets=False)
     report = plan(cube, options=options, model=args.model, throughput=args.throughput)
     print(report)
@@ -349,13 +441,8 @@ def _run_plan(args) -> int:
 
 
 def _run_map(args) -> int:
-    from pathlib import Path
-
-    from xanysat.errors import AnySatInputError
-
     out = Path(args.output)
-    if out.suffix.lower() not in (".png", ".tif", ".tiff"):
-        raise AnySatInputError(f"--output must end in .png or .tif, got {out.name!r}.")
+    _check_output_file("--output", args.output, (".png", ".tif", ".tiff"))
     if not Path(args.zarr).exists():
         raise AnySatInputError(f"no Zarr store at {args.zarr}; write one with 'xanysat embed ... -o {args.zarr}'.")
 
@@ -375,6 +462,7 @@ def _run_map(args) -> int:
         raster = picture.transpose("rgb", "y", "x") if "rgb" in picture.dims else picture
         if raster.dtype.kind == "f":
             raster = raster.rio.write_nodata(float("nan"), encoded=False)
+        out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does
         raster.rio.to_raster(out)
     _say(f"wrote {out}")
     return EXIT_OK
@@ -404,13 +492,201 @@ def _run_info(args) -> int:
 
 
 def _base_status() -> str:
-    from xanysat.errors import CheckpointError
     from xanysat.nn.hub import official_checkpoint_path
 
     try:
         return f"available at {official_checkpoint_path(local_files_only=True)}"
     except CheckpointError:
         return "not on this machine"
+
+
+# Checks: cheap (no search, no pixel, no torch), run before a command does any work.
+
+EMBED_FLAGS = {"patch_size": "--patch-size", "output": "--output", "batch_size": "--batch-size",
+               "overlap": "--overlap", "device": "--device", "dtype": "--dtype"}
+MODEL_NAMES = ("base", "default", "untrained-tiny")  # xanysat.nn.hub's (tests/test_cli_contract.py checks)
+MODEL_FILES = ("config.json", "model.safetensors")  # what xanysat.nn.checkpoint.save_pretrained writes
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise AnySatInputError(message)
+
+
+def _check_count(name: str, value) -> None:
+    """``value`` (when set) is a whole number of at least 1."""
+    _require(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1),
+             f"{name} must be a whole number of at least 1, got {value!r}.")
+
+
+def _check_query(args) -> None:
+    """The STAC query and cube flags of ``embed`` and ``plan``, before any request."""
+    from xanysat.sensors.table import MODALITIES
+
+    _check_url(args.stac)
+    _check_crs("--crs", args.crs)
+    _check_count("--max-items", args.max_items)
+    for sensor, collection in args.sensor:
+        _require(sensor in MODALITIES, f"--sensor {sensor}={collection}: unknown sensor {sensor!r}; known sensors: "
+                                       f"{', '.join(MODALITIES)}.")
+        _require(collection in args.collections, f"--sensor {sensor}={collection}: {collection!r} is not one of "
+                                                 f"--collections {' '.join(args.collections)}; add it there.")
+    from xanysat.stac import check_lonlat_bbox
+
+    check_lonlat_bbox(args.bbox, fix="--bbox takes WEST SOUTH EAST NORTH in degrees (EPSG:4326).")
+    if args.datetime is not None:
+        _check_datetime(args.datetime)
+    if args.composite is not None:
+        _check_composite(args.composite)
+
+
+def _check_url(url: str) -> None:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    _require((parsed.scheme in ("http", "https") and bool(parsed.netloc)) or Path(url).is_file(),
+             f"--stac must be the URL of a STAC API, e.g. https://earth-search.aws.element84.com/v1, got {url!r}.")
+
+
+def _check_crs(flag: str, text: str | None, *, projected: bool = True) -> None:
+    """A CRS pyproj reads; with ``projected``, one in metres (patch and tile sizes are metres)."""
+    if text is None:
+        return
+    from pyproj import CRS
+    from pyproj.exceptions import CRSError
+
+    default = ", or leave --crs out for the items' CRS" if flag == "--crs" else ""
+    try:
+        crs = CRS.from_user_input(text)
+    except CRSError:
+        raise AnySatInputError(f"{flag} {text!r} is not a CRS pyproj knows; give an EPSG code such as "
+                               f"EPSG:32631{default}.") from None
+    unit = crs.axis_info[0].unit_name if crs.axis_info else None
+    _require(not projected or (crs.is_projected and unit in ("metre", "meter")),
+             f"{flag} {text} ({crs.name}) is not a projected CRS in metres, and patch and tile sizes are metres; "
+             f"give a UTM zone such as EPSG:32631{default}.")
+
+
+def _check_datetime(text: str) -> None:
+    """``--datetime``: a date or an interval as STAC searches take them, start before end."""
+    from pystac_client.item_search import DATETIME_REGEX
+
+    parts = text.split("/")
+    ends = [part for part in parts if part not in ("", "..")]
+    valid = len(parts) <= 2 and len(ends) in (1, len(parts)) and all(_is_date(e, DATETIME_REGEX) for e in ends)
+    if valid and len(ends) == 2:
+        n = min(len(ends[0]), len(ends[1]), 10)
+        valid = ends[0][:n] <= ends[1][:n]
+    _require(valid, f"--datetime must be a date or an interval such as 2021-01-01/2021-12-31 (YYYY, YYYY-MM, "
+                    f"YYYY-MM-DD or RFC 3339 date-times, '..' for an open end, start first), got {text!r}.")
+
+
+def _is_date(text: str, pattern) -> bool:
+    import datetime
+
+    match = pattern.match(text)
+    if not match:
+        return False
+    try:
+        datetime.date(int(match["year"]), int(match["month"] or 1), int(match["day"] or 1))
+    except ValueError:  # month 13, February 30...
+        return False
+    return True
+
+
+def _check_composite(composite: str) -> None:
+    import pandas as pd
+
+    from xanysat.stac import COMPOSITES
+
+    try:
+        pd.tseries.frequencies.to_offset(COMPOSITES.get(composite, composite))
+    except (ValueError, TypeError):
+        raise AnySatInputError(f"--composite must be {', '.join(COMPOSITES)} or a pandas frequency (e.g. 2MS, 10D), "
+                               f"got {composite!r}.") from None
+
+
+def _check_parent(flag: str, path: Path) -> None:
+    """The nearest existing folder above ``path`` is a writable folder (the rest is created on write)."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    _require(parent.is_dir(), f"{flag} {path}: {parent} is a file, not a directory; give a path in a directory.")
+    _require(os.access(parent, os.W_OK), f"{flag} {path}: cannot write in {parent}; give a path in a writable "
+                                         "directory.")
+
+
+def _check_store(flag: str, path: str) -> None:
+    """A Zarr store to write: a new path, or a store to resume (or overwrite with ``--no-resume``);
+    never a file, nor a directory of other things (which an overwrite would delete)."""
+    store = Path(path)
+    _check_parent(flag, store)
+    if not store.exists():
+        return
+    _require(store.is_dir(), f"{flag} {path} is a file, and a Zarr store is a directory; give a new path such as "
+                             f"{store.with_suffix('.zarr').name if store.suffix != '.zarr' else 'emb.zarr'}.")
+    _require(not any(store.iterdir()) or any((store / name).exists() for name in ZARR_MARKERS),
+             f"{flag} {path} is a directory that holds no Zarr store; give a new path such as {store / 'emb.zarr'} "
+             "(an overwrite would delete what it holds).")
+
+
+def _check_output_file(flag: str, path: str, suffixes: tuple[str, ...]) -> None:
+    out = Path(path)
+    kinds = " or ".join([", ".join(suffixes[:-1]), suffixes[-1]] if len(suffixes) > 1 else suffixes)
+    _require(out.suffix.lower() in suffixes, f"{flag} must end in {kinds}, got {out.name!r}.")
+    if out.suffix.lower() == ".zarr":
+        _check_store(flag, path)
+        return
+    _require(not out.is_dir(), f"{flag} {path} is a directory; give a file path such as {out / ('map' + suffixes[0])}.")
+    _check_parent(flag, out)
+
+
+def _check_output_dir(flag: str, path: str | None) -> None:
+    """A run directory: a folder, or a path where one can be created."""
+    if path is None:
+        return
+    out = Path(path)
+    _require(not out.exists() or out.is_dir(), f"{flag} {path} is a file; give a run directory (created if "
+                                               "missing).")
+    _check_parent(flag, out)
+
+
+def _check_model(model: str | None, flag: str) -> None:
+    """A model name or a saved model directory, else a ``CheckpointError`` (exit 4); loads nothing."""
+    if model is None or model in MODEL_NAMES:
+        return
+    if not Path(model).is_dir():
+        raise CheckpointError(f"unknown model {model!r} ({flag}): use {', '.join(map(repr, MODEL_NAMES))} or a "
+                              "directory written by save_pretrained.")
+    _check_model_dir(model, flag)
+
+
+def _check_model_dir(path: str, flag: str) -> None:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{flag} {path} is not a directory; give a model directory written by save_pretrained "
+                              "(e.g. runs/pretrain/model).")
+    missing = [name for name in MODEL_FILES if not (directory / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{flag} {path} has no {' or '.join(missing)}; expected a directory written by "
+                              "xanysat.nn.checkpoint.save_pretrained.")
+
+
+def _read_toml(path: str) -> dict:
+    """The settings of a ``--config`` file (its keys are checked by ``config_from_settings``)."""
+    import tomllib
+
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise AnySatInputError(f"--config {path}: {error.strerror or error}; give the path of a TOML settings "
+                               "file.") from None
+    except UnicodeDecodeError:
+        raise AnySatInputError(f"--config {path} is not UTF-8 text; give a TOML settings file.") from None
+    except tomllib.TOMLDecodeError as error:
+        raise AnySatInputError(f"--config {path} is not valid TOML ({error}); fix that line.") from None
 
 
 def _say(message: str) -> None:

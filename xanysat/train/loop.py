@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xanysat.errors import AnySatInputError
 from xanysat.nn.encoder import AnySat, AnySatConfig
 from xanysat.nn.state import load_state, rng_state, save_state, set_rng_state
 from xanysat.train.jepa import JEPA, JEPAConfig
@@ -101,7 +102,10 @@ def load_config(path, cls=PretrainConfig):
         ``cls(**settings)``.
 
     Raises:
-        ValueError: a key is not a field of ``cls``.
+        OSError: the file cannot be read.
+        tomllib.TOMLDecodeError: the file is not TOML.
+        AnySatInputError: a key is not a field of ``cls``, or a value of the wrong type
+            (``config_from_settings``).
 
     Example:
         >>> import tempfile
@@ -112,18 +116,64 @@ def load_config(path, cls=PretrainConfig):
         ...     _ = path.write_text("stepz = 7\\n")
         ...     load_config(path)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        ValueError: .../run.toml: unknown settings ['stepz']; known: ['checkpoint_every', ...].
+        xanysat.errors.AnySatInputError: .../run.toml: unknown settings ['stepz']; known: ['checkpoint_every', ...].
         >>> config.steps, config.model_config().embed_dim
         (7, 32)
     """
     import tomllib
 
-    data = tomllib.loads(Path(path).read_text())
+    return config_from_settings(tomllib.loads(Path(path).read_text()), cls, source=str(path))
+
+
+_TOML_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "dict": (dict,),
+               "list": (list,), "None": ()}
+
+
+def config_from_settings(settings: dict, cls=PretrainConfig, source: str = "settings"):
+    """``cls(**settings)``, each key checked to be a field of ``cls`` and each value to have the
+    type the field is annotated with (where that is a plain TOML type: int, float, str, bool,
+    dict, list, or ``X | None``).
+
+    Args:
+        settings: field -> value, e.g. a parsed TOML file.
+        cls: the dataclass to build.
+        source: where the settings come from (the file), named in the errors.
+
+    Returns:
+        ``cls(**settings)``.
+
+    Raises:
+        AnySatInputError: an unknown key (the known ones listed) or a value of another type.
+
+    Example:
+        >>> config_from_settings({"steps": 7}).steps
+        7
+        >>> config_from_settings({"steps": "ten"}, source="run.toml")
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.AnySatInputError: run.toml: steps must be int, got 'ten' (str); e.g. steps = 1.
+    """
     known = set(cls.__dataclass_fields__)
-    unknown = set(data) - known
+    unknown = set(settings) - known
     if unknown:
-        raise ValueError(f"{path}: unknown settings {sorted(unknown)}; known: {sorted(known)}.")
-    return cls(**data)
+        raise AnySatInputError(f"{source}: unknown settings {sorted(unknown)}; known: {sorted(known)}.")
+    for name, value in settings.items():
+        _check_setting_type(source, name, value, cls.__dataclass_fields__[name].type)
+    return cls(**settings)
+
+
+def _check_setting_type(source: str, name: str, value, annotation) -> None:
+    parts = [part.strip() for part in str(annotation).split("|")]
+    if not all(part in _TOML_TYPES for part in parts) or parts == ["None"]:
+        return  # not a plain TOML type: the dataclass decides
+    allowed = tuple(t for part in parts for t in _TOML_TYPES[part])
+    if isinstance(value, allowed) and (not isinstance(value, bool) or "bool" in parts):
+        return
+    expected = [part for part in parts if part != "None"]
+    examples = {"int": f"{name} = 1", "float": f"{name} = 0.5", "str": f'{name} = "text"', "bool": f"{name} = true",
+                "dict": f"a [{name}] table", "list": f"{name} = [1, 2]"}
+    raise AnySatInputError(f"{source}: {name} must be {' or '.join(expected)}, got {value!r} ({type(value).__name__}); "
+                           f"e.g. {examples[expected[0]]}.")
 
 
 BatchFactory = Callable[[int], Iterator[tuple[dict, int]]]
