@@ -532,3 +532,61 @@ def test_a_model_trained_on_small_tiles_embeds_on_them_by_default(tmp_path):
     assert xanysat.embed(cube, 40, model=saved, tile_size=320).attrs["tile_size_m"] == [320, 320]
     plan = xanysat.plan(cube, 40, model=saved)
     assert "160" in str(plan)
+
+
+# -- no giant graph by surprise ------------------------------------------------------------------------------
+
+
+def _huge_cube(n_px: int, chunk: int = 4096) -> xr.Dataset:
+    """An ``n_px`` x ``n_px`` Sentinel-2 cube of two dates at 10 m, dask zeros: never computed."""
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    data = dask.array.zeros((2, 10, n_px, n_px), chunks=(1, -1, chunk, chunk), dtype="uint16")
+    coords = {"time": np.array(["2021-03-01", "2021-04-01"], "datetime64[ns]"), "band": list(MODALITIES["s2"].bands),
+              "y": ORIGIN[1] - (np.arange(n_px) + 0.5) * 10, "x": ORIGIN[0] + (np.arange(n_px) + 0.5) * 10}
+    array = xr.DataArray(data, dims=("time", "band", "y", "x"), coords=coords, name="s2")
+    return array.to_dataset().rio.write_crs("EPSG:32631")
+
+
+def test_a_giant_graph_is_refused_before_it_is_built():
+    """1e6 x 1e6 px: embed used to spend ~5 minutes and 2.4 GB building a 954k-block graph; now it
+    estimates the graph from the geometry and refuses in well under a second, naming the fixes."""
+    import time
+
+    from xanysat.cube.graph_size import GRAPH_TASK_LIMIT, GraphTooLargeError
+
+    cube = _huge_cube(1_000_000)
+    xanysat.embed(cube.isel(y=slice(0, 80), x=slice(0, 80)), 40, model=MODEL)  # loads the model
+    start = time.perf_counter()
+    with pytest.raises(GraphTooLargeError) as error:
+        xanysat.embed(cube, 40, model=MODEL)
+    seconds = time.perf_counter() - start
+    message = str(error.value)
+    print(f"\nrefused in {seconds:.3f} s: {message[:120]}...")
+    assert seconds < 5
+    assert "977 x 977 output blocks" in message and f"max_tasks={GRAPH_TASK_LIMIT:,}" in message
+    assert "xanysat.embed_to_zarr(data, store, ...)" in message and "xanysat.plan" in message
+    assert "max_tasks=None" in message
+    assert isinstance(error.value, xanysat.AnySatInputError)
+    with pytest.raises(GraphTooLargeError, match="crop the input"):  # a window still chunks the whole input
+        xanysat.embed(cube, 40, model=MODEL, window=((0, 0), (10_240, 10_240)))
+    with pytest.raises(GraphTooLargeError, match="max_tasks=1,000,000"):  # ~2.9 million tasks
+        xanysat.embed(cube, 40, model=MODEL, max_tasks=10**6)
+
+
+def test_max_tasks_is_the_plan_estimate():
+    """Normal cubes are unaffected; the limit compares plan's estimate; None switches it off."""
+    from xanysat.cube.graph_size import GraphTooLargeError
+
+    cube = synthetic_cube(("s2", "s1"), extent_m=EXTENT, n_dates=2, chunks={"time": 1, "y": 7, "x": 9})
+    options = {"normalize": {"s1": S1_STATS}, "overlap": 20}
+    p = xanysat.plan(cube, PATCH, tile_size=TILE, block_tiles=1, model=MODEL, throughput=1.0, **options)
+    emb = embed(cube, **options)  # the default limit
+    assert_same(values(embed(cube, max_tasks=p.total_tasks, **options)), values(emb))
+    with pytest.raises(GraphTooLargeError, match=f"about {p.total_tasks:,} tasks"):
+        embed(cube, max_tasks=p.total_tasks - 1, **options)
+    assert embed(cube, max_tasks=None, **options).shape == emb.shape
+    graph = len(emb.data.__dask_graph__())
+    assert 0.5 < p.total_tasks / graph < 2, (p.total_tasks, graph)
+    with pytest.raises(xanysat.AnySatInputError, match="max_tasks must be a positive whole number"):
+        embed(cube, max_tasks=0, **options)

@@ -165,6 +165,20 @@ def test_rewriting_a_directory_drops_the_old_collections(tmp_path):
     assert len((tmp_path / "items.ndjson").read_text().splitlines()) == 1
 
 
+def test_another_catalogue_is_left_alone(tmp_path):
+    """Writers only delete what they wrote: a directory holding another STAC catalogue is refused
+    before anything of it is deleted or overwritten."""
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "collection.json").write_text('{"id": "mine"}')
+    catalog = {"type": "Catalog", "id": "my-catalogue", "links": [{"rel": "child", "href": "./mine/collection.json"}]}
+    (tmp_path / "catalog.json").write_text(json.dumps(catalog))
+    (tmp_path / "items.ndjson").write_text("{}\n")
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match="not written by write_sample_catalog.*new directory"):
+        write_sample_catalog(tmp_path)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
 # -- the live API ---------------------------------------------------------------------------
 
 

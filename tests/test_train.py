@@ -83,3 +83,16 @@ def test_init_from_a_saved_model_starts_student_and_teacher_there(tmp_path):
     second.steps = 0
     continued = pretrain(second, batches, resume=False, progress=False)
     assert weights_hash(continued.student) == weights_hash(continued.teacher) == weights_hash(first.teacher)
+
+
+def test_a_fresh_run_deletes_only_its_own_logs(tmp_path):
+    """resume=False deletes the logs an earlier run wrote, and refuses (keeps) a log.csv of someone else."""
+    pretrain(config(tmp_path), batches, resume=False, progress=False, stop_after=1)
+    pretrain(config(tmp_path), batches, resume=False, progress=False, stop_after=1)  # its own logs: replaced
+    assert len(rows(tmp_path / "log.csv")) == 2  # header + step 0: replaced, not appended
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.csv").write_text("date,mood\n2021-03-01,fine\n")
+    with pytest.raises(ValueError, match="not written by pretrain.*new out_dir"):
+        pretrain(config(other), batches, resume=False, progress=False, stop_after=1)
+    assert (other / "log.csv").read_text() == "date,mood\n2021-03-01,fine\n"

@@ -146,7 +146,7 @@ def test_resume_with_other_settings_is_refused(cube, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("not a zarr store")
-    with pytest.raises(ValueError, match="new store"):
+    with pytest.raises(ValueError, match="new directory"):
         xanysat.embed_to_zarr(small, other, 40, **options)
 
 
@@ -202,3 +202,197 @@ def test_continental_regions_build_bounded_graphs():
     big_tasks, _ = _region_tasks(bigger, region)
     print(f"1416 km: {big_tasks} tasks in region {region}; {bigger.regions.count} regions")
     assert big_tasks == tasks  # bounded by the region, not the cube
+
+
+# -- writers only delete what they wrote ---------------------------------------------------------------------
+
+SMALL = {**OPTIONS, "block_tiles": 1, "region_blocks": 1, "progress": False}
+
+
+def _small(cube):
+    return cube.isel(y=slice(0, 16), x=slice(0, 8))  # 160 m x 80 m: 2 tiles, 2 blocks, 2 regions
+
+
+def _files(directory) -> dict:
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("resume", [True, False])
+def test_a_directory_of_other_files_is_refused_and_kept(cube, tmp_path, resume):
+    """``resume=False`` used to empty the directory (thesis.tex and data/ gone) after an error that
+    told the user to pass it; now nothing is deleted and the message names a new directory."""
+    folder = tmp_path / "work"
+    (folder / "data").mkdir(parents=True)
+    (folder / "thesis.tex").write_text("\\documentclass{article}")
+    (folder / "data" / "field.csv").write_text("x,y\n1,2\n")
+    before = _files(folder)
+    with pytest.raises(xanysat.AnySatInputError, match="other files .*data/, thesis.tex") as error:
+        xanysat.embed_to_zarr(_small(cube), folder, 40, resume=resume, **SMALL)
+    message = str(error.value)
+    assert "never deletes what it did not write" in message and "new directory" in message
+    suggested = str(folder / "embedding.zarr")
+    assert repr(suggested) in message
+    assert _files(folder) == before  # nothing deleted, nothing added
+    emb = xanysat.embed_to_zarr(_small(cube), suggested, 40, resume=resume, **SMALL)  # the fix works
+    assert emb.sizes["y"] == 4 and _files(folder).items() >= before.items()
+
+
+def test_a_foreign_zarr_store_is_refused_and_kept(tmp_path, cube):
+    store = tmp_path / "theirs.zarr"
+    xr.Dataset({"ndvi": (("y", "x"), np.ones((3, 3)))}).to_zarr(store, consolidated=False)
+    before = _files(store)
+    with pytest.raises(xanysat.AnySatInputError, match="not written by xanysat.embed_to_zarr.*new directory"):
+        xanysat.embed_to_zarr(_small(cube), store, 40, resume=False, **SMALL)
+    assert _files(store) == before
+    memory = zarr.storage.MemoryStore()
+    zarr.create_array(memory, name="theirs", shape=(2,), dtype="f4")
+    with pytest.raises(xanysat.AnySatInputError, match="new store"):
+        xanysat.embed_to_zarr(_small(cube), memory, 40, resume=False, **SMALL)
+    assert "theirs" in zarr.open_group(memory, mode="r")
+
+
+@pytest.mark.filterwarnings("ignore:Consolidated metadata:UserWarning")
+def test_overwriting_our_own_store_deletes_only_its_own_members(cube, tmp_path):
+    small, store = _small(cube), tmp_path / "emb.zarr"
+    xanysat.embed_to_zarr(small, store, 40, **SMALL)
+    (store / "README.txt").write_text("my notes about this embedding")
+    (store / "extra").mkdir()
+    (store / "extra" / "labels.csv").write_text("1\n")
+    emb = xanysat.embed_to_zarr(small, store, 20, resume=False, **SMALL)  # other settings: overwrite
+    assert (store / "README.txt").read_text() == "my notes about this embedding"
+    assert (store / "extra" / "labels.csv").read_text() == "1\n"
+    reference = xanysat.embed(small, 20, **{k: v for k, v in SMALL.items() if k not in ("region_blocks", "progress")})
+    _assert_same(emb, reference.compute())
+    plain = xr.open_zarr(store)  # consolidated again, with the new shapes
+    assert plain["embedding"].shape == reference.shape and plain.attrs["anysat_region_blocks"] == [1, 1]
+    again = xanysat.embed_to_zarr(small, store, 20, **SMALL)  # and it resumes as usual
+    _assert_same(again, reference.compute())
+
+
+def test_an_interrupted_overwrite_resumes(cube, tmp_path, monkeypatch):
+    """A crash while the store is being (re)created leaves no manifest: the next run creates it again."""
+    small, store = _small(cube), tmp_path / "emb.zarr"
+    xanysat.embed_to_zarr(small, store, 40, **SMALL)
+    to_zarr = xr.Dataset.to_zarr
+
+    def crash(self, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(xr.Dataset, "to_zarr", crash)
+    with pytest.raises(OSError, match="disk full"):
+        xanysat.embed_to_zarr(small, store, 40, resume=False, **SMALL)
+    monkeypatch.setattr(xr.Dataset, "to_zarr", to_zarr)
+    assert not (store / "anysat_manifest").exists() and not (store / "embedding").exists()
+    emb = xanysat.embed_to_zarr(small, store, 40, **SMALL)  # resume=True: created again, then written
+    options = {k: v for k, v in SMALL.items() if k not in ("region_blocks", "progress")}
+    _assert_same(emb, xanysat.embed(small, 40, **options).compute())
+
+
+# -- the fingerprint includes the input's identity --------------------------------------------------------
+
+
+def test_the_same_input_resumes(cube, tmp_path, counting):
+    """Rebuilt from the same values (numpy-backed: another memory layout too; dask-backed: the
+    same chunks), the input has the same identity and resumes without recomputing."""
+    store = tmp_path / "same.zarr"
+    small = _small(synthetic_cube(("s2", "s1-asc"), extent_m=(250, 170), n_dates=2))  # numpy-backed
+    xanysat.embed_to_zarr(small, store, 40, **SMALL)
+    counting.update(blocks=Counter(), writes=Counter())
+    fortran = small.map_over_datasets(lambda ds: ds.copy(data={k: np.asfortranarray(v.values) for k, v in
+                                                                ds.data_vars.items()}))
+    xanysat.embed_to_zarr(fortran, store, 40, **SMALL)
+    assert not counting["writes"]
+    lazy = tmp_path / "lazy.zarr"
+    xanysat.embed_to_zarr(_small(cube), lazy, 40, **SMALL)
+    counting.update(blocks=Counter(), writes=Counter())
+    rebuilt = synthetic_cube(("s2", "s1-asc"), extent_m=(250, 170), n_dates=2, chunks={"time": 1, "y": 11, "x": 7})
+    xanysat.embed_to_zarr(_small(rebuilt), lazy, 40, **SMALL)
+    assert not counting["writes"]
+
+
+def test_changed_pixels_refuse_to_resume(cube, reference, tmp_path, counting):
+    """Before: a resumed store returned the old embedding for new pixels, and an interrupted run
+    resumed on new pixels was half old, half new. Now the resume is refused, naming the fix."""
+    store = tmp_path / "changed.zarr"
+    counting["fail_at"] = 2
+    with dask.config.set(num_workers=1), pytest.raises(RuntimeError, match="injected crash"):
+        xanysat.embed_to_zarr(cube, store, 40, region_blocks=REGION_BLOCKS, progress=False, **OPTIONS)
+    counting.update(fail_at=None, calls=0, blocks=Counter(), writes=Counter())
+    changed = cube.copy(deep=True)
+    changed["s2"]["s2"][0, 0, 0, 0] = changed["s2"]["s2"][0, 0, 0, 0] + 1  # one pixel
+    with pytest.raises(ValueError, match=r"the input is not the one the store was written from \(s2: dask:\w+ in "
+                                         r"the store, dask:\w+ now\).*new store, or pass resume=False") as error:
+        xanysat.embed_to_zarr(changed, store, 40, progress=False, **OPTIONS)
+    assert "s1-asc" not in str(error.value).split("(A lazy")[0]  # only the sensor that changed is named
+    assert not counting["writes"]
+    emb = xanysat.embed_to_zarr(changed, store, 40, resume=False, progress=False, **OPTIONS)
+    _assert_same(emb, xanysat.embed(changed, 40, **OPTIONS).compute())
+    assert not np.allclose(emb.values, reference.values, equal_nan=True)
+
+    numpy_store = tmp_path / "numpy.zarr"
+    small, s2 = _small(synthetic_cube(("s2",), extent_m=(250, 170), n_dates=2)), {**SMALL, "normalize": True}
+    xanysat.embed_to_zarr(small, numpy_store, 40, **s2)
+    with pytest.raises(ValueError, match=r"s2: values:\w+ in the store, values:\w+ now"):
+        xanysat.embed_to_zarr(small * 1.01, numpy_store, 40, **s2)
+    with pytest.raises(ValueError, match="the input is not the one"):  # a dask token is not a value hash
+        xanysat.embed_to_zarr(small.chunk({"y": 4}), numpy_store, 40, **s2)
+
+
+def test_a_store_without_input_identity_is_not_resumed(cube, tmp_path):
+    """A store written before the identity was recorded cannot be checked: refused, naming the fix."""
+    import json
+
+    small, store = _small(cube), tmp_path / "old.zarr"
+    xanysat.embed_to_zarr(small, store, 40, **SMALL)
+    group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    fingerprint = json.loads(group.attrs["anysat_fingerprint"])
+    del fingerprint["input"]
+    group.attrs["anysat_fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+    with pytest.raises(ValueError, match="records no identity of its input.*resume=False"):
+        xanysat.embed_to_zarr(small, store, 40, **SMALL)
+
+
+def test_file_inputs_keep_their_identity_across_processes(tmp_path):
+    """The same file opened again (here in another process, as a CLI rerun) has the same identity;
+    rewritten with other pixels, another one."""
+    import subprocess
+    import sys
+
+    from xanysat.cube.prepare import prepare
+
+    path = tmp_path / "cube.nc"
+    synthetic_cube(("s2",), extent_m=80, n_dates=2)["s2"].to_dataset().to_netcdf(path)
+    code = ("import sys, xarray as xr; from xanysat.cube.prepare import prepare; "
+            "print(prepare(xr.open_dataset(sys.argv[1], chunks={'y': 4}).rio.write_crs('EPSG:32631'))"
+            ".identity()['s2'])")
+
+    def identity_here():
+        with xr.open_dataset(str(path), chunks={"y": 4}) as ds:  # as given: xarray's token names the path
+            return prepare(ds.rio.write_crs("EPSG:32631")).identity()["s2"]
+
+    first = identity_here()
+    other = subprocess.run([sys.executable, "-c", "import rioxarray; " + code, str(path)], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    assert first.startswith("dask:") and identity_here() == first == other
+    time.sleep(0.01)
+    (synthetic_cube(("s2",), extent_m=80, n_dates=2, seed=1)["s2"].to_dataset()).to_netcdf(path)
+    assert identity_here() != first
+
+
+def test_write_zarr_replaces_only_its_own_store(tmp_path):
+    """What ``xanysat finetune --map out.zarr`` writes with (it used ``to_zarr(mode="w")``, which
+    empties the whole directory)."""
+    classes = xr.DataArray(np.zeros((2, 3), "int16"), dims=("y", "x"), name="classes").rio.write_crs("EPSG:32631")
+    store = tmp_path / "map.zarr"
+    io.write_zarr(classes.to_dataset(), store, writer="xanysat finetune --map")
+    (store / "notes.txt").write_text("kept")
+    io.write_zarr((classes + 1).to_dataset(), store, writer="xanysat finetune --map")
+    assert (store / "notes.txt").read_text() == "kept"
+    back = xr.open_zarr(store, decode_coords="all")["classes"]
+    assert int(back.max()) == 1 and back.rio.crs.to_epsg() == 32631
+    with pytest.raises(xanysat.AnySatInputError, match=r"not written by someone else.*output\.zarr"):
+        io.write_zarr(classes.to_dataset(), store, writer="someone else")
+    (tmp_path / "thesis.tex").write_text("...")
+    with pytest.raises(xanysat.AnySatInputError, match="other files"):
+        io.write_zarr(classes.to_dataset(), tmp_path, writer="xanysat finetune --map")
+    assert (tmp_path / "thesis.tex").read_text() == "..." and (store / "notes.txt").is_file()

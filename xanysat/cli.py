@@ -108,7 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     _cube_arguments(embed)
     _embed_arguments(embed)
     embed.add_argument("-o", "--output-zarr", required=True, help="Zarr store to write (resumed if it exists)")
-    embed.add_argument("--no-resume", action="store_true", help="overwrite the store instead of resuming")
+    embed.add_argument("--no-resume", action="store_true",
+                       help="overwrite the store instead of resuming (only a store xanysat wrote: other files are "
+                            "never deleted)")
     embed.add_argument("--png", help="also write a PCA-RGB map of the result here")
     embed.set_defaults(run=_run_embed)
     plan = sub.add_parser("plan", help="report tiles, tasks, memory and time without computing")
@@ -229,7 +231,9 @@ def _run_finetune(args) -> int:
         if args.map.endswith((".tif", ".tiff")):
             classes_map.rio.to_raster(args.map)
         else:
-            classes_map.to_zarr(args.map, mode="w")
+            from xanysat.cube.zarr import write_zarr
+
+            write_zarr(classes_map.to_dataset(), args.map, writer="xanysat finetune --map")  # never deletes others
         _say(f"wrote {args.map}")
     return EXIT_OK
 
@@ -396,8 +400,10 @@ def _run_embed(args) -> int:
     before = _regions_done(args.output_zarr) if not args.no_resume else None
     try:
         emb = embed_to_zarr(cube, args.output_zarr, options=options, model=args.model, resume=not args.no_resume)
+    except AnySatInputError:  # e.g. -o holds other files: the message names a new path
+        raise
     except ValueError as error:
-        if "resume=False" not in str(error):  # a store written by something else, or with other settings
+        if "resume=False" not in str(error):  # a store written with other settings or from another input
             raise
         raise AnySatInputError(f"{error} (command line: another -o, or --no-resume to overwrite)") from error
     _, total = _regions_done(args.output_zarr) or (0, 0)

@@ -21,6 +21,7 @@ import numpy as np
 import xarray as xr
 
 from xanysat.cube import blocks
+from xanysat.cube.graph_size import GRAPH_TASK_LIMIT, check_graph_size
 from xanysat.cube.grid import as_geobox, grid_coords, output_geobox, window_for
 from xanysat.cube.options import EmbedOptions, describe
 from xanysat.cube.options import attrs as provenance_attrs
@@ -37,7 +38,8 @@ FEATURE = "feature"
 
 def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_size=None, overlap: int = 0,
           batch_size: int = 16, device="auto", dtype=None, normalize=True, output_modality: str | None = None,
-          block_tiles=None, sensor: str | None = None, date_origin=None, window=None, like=None) -> xr.DataArray:
+          block_tiles=None, sensor: str | None = None, date_origin=None, window=None, like=None,
+          max_tasks: int | None = GRAPH_TASK_LIMIT) -> xr.DataArray:
     """Embed a multi-sensor cube with AnySat, lazily.
 
     Args:
@@ -65,10 +67,18 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
         like: an odc-geo ``GeoBox``, or an xarray object on a grid (e.g. another embedding):
             embed exactly its cells (same CRS and cell size, corner on the cube's grid of cells,
             inside the cube); instead of ``window``.
+        max_tasks: the most tasks the whole-cube dask graph may hold (default
+            ``GRAPH_TASK_LIMIT``, 200,000), checked from the geometry *before* the graph is
+            built; ``None``: no limit. Larger cubes go region by region with ``embed_to_zarr``.
 
     Returns:
         A lazy ``DataArray`` named ``"embedding"``, dims ``("feature", "y", "x")``, float32, with
         ``x``/``y`` at cell centres, ``spatial_ref`` and provenance attrs.
+
+    Raises:
+        GraphTooLargeError: the graph would hold more than ``max_tasks`` tasks (an
+            ``AnySatInputError``); the message names the fixes: ``embed_to_zarr``, ``plan``,
+            cropping the input, or ``max_tasks=None``.
 
     Example:
         >>> import xanysat
@@ -82,10 +92,11 @@ def embed(data, patch_size: int = 40, output: str = "patch", *, model=None, tile
                            batch_size=batch_size, device=device, dtype=dtype, normalize=normalize,
                            output_modality=output_modality, block_tiles=block_tiles, sensor=sensor,
                            date_origin=date_origin)
-    return embed_with(data, options, model=model, like=like)
+    return embed_with(data, options, model=model, like=like, max_tasks=max_tasks)
 
 
-def embed_with(data, options: EmbedOptions, *, model=None, ref: ModelRef | None = None, like=None) -> xr.DataArray:
+def embed_with(data, options: EmbedOptions, *, model=None, ref: ModelRef | None = None, like=None,
+               max_tasks: int | None = GRAPH_TASK_LIMIT) -> xr.DataArray:
     """``embed`` with its settings as an ``EmbedOptions`` (what ``embed_to_zarr``, ``predict`` and
     the CLI call).
 
@@ -95,6 +106,11 @@ def embed_with(data, options: EmbedOptions, *, model=None, ref: ModelRef | None 
         model: as for ``embed``; ignored when ``ref`` is given.
         ref: the ``ModelRef`` to run (already resolved).
         like: as for ``embed``.
+        max_tasks: as for ``embed`` (``embed_to_zarr``'s regions pass None: their graphs are
+            bounded by the region).
+
+    Raises:
+        GraphTooLargeError: as for ``embed``.
 
     Example:
         >>> from xanysat.testing import synthetic_cube
@@ -111,7 +127,7 @@ def embed_with(data, options: EmbedOptions, *, model=None, ref: ModelRef | None 
             raise ValueError("give window= or like=, not both.")
         cell = job_geometry(inputs, options, ref).cell_m
         options = options.replace(window=window_for(as_geobox(like), inputs.cube, cell))
-    job, arrays = plan_job(inputs, options, ref)
+    job, arrays = plan_job(inputs, options, ref, max_tasks=max_tasks)
     return to_dataarray(inputs, job, options, _graph(job, arrays))
 
 
@@ -127,7 +143,7 @@ def job_geometry(inputs: Inputs, options: EmbedOptions, ref: ModelRef) -> Geomet
                          preferred_tile_m=model_tile_m(ref))
 
 
-def plan_job(inputs: Inputs, options: EmbedOptions, ref: ModelRef):
+def plan_job(inputs: Inputs, options: EmbedOptions, ref: ModelRef, *, max_tasks: int | None = None):
     """Build the ``EmbedJob`` and the prepared (normalised, block-chunked) dask arrays.
 
     The first half of ``embed``: geometry, model checks and input chunking; no graph is built
@@ -137,6 +153,8 @@ def plan_job(inputs: Inputs, options: EmbedOptions, ref: ModelRef):
         inputs: the prepared ``Inputs`` (``xanysat.cube.prepare.prepare``) of a gridded cube.
         options: the ``EmbedOptions``.
         ref: the ``ModelRef`` to run.
+        max_tasks: check the whole-cube graph's estimated size against this before chunking
+            the input (``xanysat.cube.graph_size.check_graph_size``); None: no check.
 
     Returns:
         ``(job, arrays)``: the ``EmbedJob``, and per sensor its normalised dask array in
@@ -154,6 +172,7 @@ def plan_job(inputs: Inputs, options: EmbedOptions, ref: ModelRef):
         raise ValueError("embed takes a gridded cube (y/x dims); for point samples use xanysat.embed_points.")
     check_model_sensors(ref, inputs.names)
     geometry = job_geometry(inputs, options, ref)
+    check_graph_size(inputs, geometry, {n: s.stats is not None for n, s in inputs.sensors.items()}, max_tasks)
     output_modality = dense_sensor(inputs.names, options)
     features = _features(ref) * (2 if options.output == "dense" else 1)
     plans, arrays = [], {}

@@ -191,13 +191,31 @@ FINGERPRINT_KEYS = ("weights", "dtype", "features", "patch_size_m", "output", "o
                     "overlap_m", "block_tiles", "grid", "sensors", "normalization", "date_origin")
 
 
-def fingerprint(facts: dict) -> dict:
+def fingerprint(facts: dict, identity: Mapping[str, str]) -> dict:
     """What a store's values depend on (a resumed run must match it key by key): ``describe``'s
-    facts without the readable-only ones, statistics without their source."""
+    facts without the readable-only ones, statistics without their source, and the identity of
+    the input's pixels.
+
+    Args:
+        facts: ``describe``'s dict.
+        identity: sensor -> token of its pixels (``xanysat.cube.prepare.Inputs.identity``).
+
+    Returns:
+        A JSON-serialisable dict; its ``"input"`` is ``identity``.
+
+    Example:
+        >>> from xanysat.cube.job import setup_job
+        >>> from xanysat.testing import synthetic_cube
+        >>> setup = setup_job(synthetic_cube(("s2",), extent_m=80, n_dates=2), EmbedOptions(40), model="untrained-tiny")
+        >>> fp = fingerprint(setup.facts(), setup.inputs.identity())
+        >>> sorted(fp) == sorted(FINGERPRINT_KEYS + ("input",)), list(fp["input"])
+        (True, ['s2'])
+    """
     out = {k: facts[k] for k in FINGERPRINT_KEYS}
     out["normalization"] = {n: None if v is None else {"mean": v["mean"], "std": v["std"]}
                             for n, v in facts["normalization"].items()}
     out["sensors"] = {n: {k: v for k, v in s.items() if k != "missing_bands"} for n, s in facts["sensors"].items()}
+    out["input"] = dict(identity)
     return out
 
 

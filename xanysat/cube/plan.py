@@ -22,14 +22,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from xanysat.cube.graph_size import GRAPH_TASK_LIMIT, graph_tasks, input_chunks, sensor_tasks
 from xanysat.cube.job import Setup, setup_job
 from xanysat.cube.options import EmbedOptions
 from xanysat.cube.regions import Regions, resolve_region_blocks, slice_pixels, worker_threads
-from xanysat.cube.tiling import Geometry
 from xanysat.sensors.table import MODALITIES
 
-GRAPH_TASK_LIMIT = 200_000
-"""Above about this many tasks, a single dask graph gets slow to build, ship and schedule."""
 _SECONDS_PER_TILE: dict[tuple, float] = {}
 
 
@@ -170,12 +168,9 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
     workers = worker_threads(client)
     regions = Regions(g, resolve_region_blocks(g, region_blocks, workers, cube))
 
-    read_bytes, input_chunks, total_tasks = {}, {}, 0
-    for name, s in cube.sensors.items():
-        read_bytes[name] = int(np.prod(s.data.shape)) * s.data.dtype.itemsize
-        input_chunks[name] = _n_chunks(s.data)
-        total_tasks += _sensor_tasks(setup, name, _n_chunks(s.data), _sensor_blocks(s, g))
-    total_tasks += math.prod(g.n_blocks)
+    read_bytes = {name: int(np.prod(s.data.shape)) * s.data.dtype.itemsize for name, s in cube.sensors.items()}
+    chunks = {name: input_chunks(s.data) for name, s in cube.sensors.items()}
+    total_tasks = graph_tasks(setup.inputs, g, {name: setup.normalized(name) for name in cube.sensors})
 
     memory = task_memory(setup)
     tasks_region, reads_regions = _region_costs(setup, regions)
@@ -207,7 +202,7 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
         model_id=ref.model_id, weights=ref.weights, device=ref.device, dtype=ref.dtype,
         patch_size=g.patch_size, output=g.output, tile_size_m=g.tile_m, overlap_m=g.overlap,
         tiles=g.n_tiles, n_tiles=n_tiles, block_tiles=g.block_tiles, blocks=g.n_blocks,
-        embed_tasks=math.prod(g.n_blocks), input_chunks=input_chunks, input_tasks=sum(input_chunks.values()),
+        embed_tasks=math.prod(g.n_blocks), input_chunks=chunks, input_tasks=sum(chunks.values()),
         total_tasks=int(total_tasks), out_shape=(setup.features, ny, nx),
         out_chunks=(setup.features, g.out_chunks[0][0], g.out_chunks[1][0]), cell_m=g.cell_m,
         crs=CRS.from_wkt(cube.crs).to_string(), bounds=(x0, y0 - ny * ch, x0 + nx * cw, y0),
@@ -221,35 +216,6 @@ def plan(data, patch_size: int = 40, output: str = "patch", *, model=None, tile_
 
 
 # -- tasks and bytes ------------------------------------------------------------------------------------
-
-
-def _n_chunks(data) -> int:
-    """Chunks of the user's array; 0 for numpy-backed data (no input tasks)."""
-    chunks = getattr(data, "chunks", None)
-    return math.prod(len(c) for c in chunks) if chunks else 0
-
-
-def _sensor_blocks(s, g: Geometry) -> int:
-    """Chunks of a sensor's prepared array: one per block of pixels."""
-    return math.prod(math.ceil(n / max(1, math.ceil(round(b / s.resolution_m, 6))))
-                     for n, b in zip(s.shape_px, g.block_m))
-
-
-def _sensor_tasks(setup: Setup, name: str, n_in: int, n_blocks: int, sliced: bool = False) -> int:
-    """Tasks ``embed`` adds for one sensor's input: the input chunks, then per (date, y, x) chunk a
-    cast, a selection per band, concatenation, transpose and normalisation, then the rechunk onto
-    the block grid (splits and merges). Numpy input: one task per block chunk."""
-    s = setup.cube.sensors[name]
-    if n_in == 0:
-        return n_blocks
-    band_chunks = len(s.data.chunks[s.data.dims.index("band")])
-    n_tyx = max(1, n_in // band_chunks)
-    prepared = setup.inputs.sensors[name]
-    derived, absent = len(prepared.derived), len(prepared.absent)
-    per_chunk = (s.data.dtype != np.float32) + (s.nodata is not None)
-    per_tyx = per_chunk + 4 + 2 * setup.normalized(name) + 4 * derived + 2 * absent
-    halo = 8 * n_blocks if setup.geometry.overlap else 0
-    return n_in * (2 if sliced else 1) + n_tyx * per_tyx + n_blocks + halo
 
 
 def task_memory(setup: Setup) -> dict:
@@ -393,7 +359,8 @@ def _region_costs(setup: Setup, regions: Regions) -> tuple[int, int]:
                      for r, b in zip(regions.region_blocks, g.block_m)]
         blocks = math.prod(math.ceil(p / max(1, math.ceil(round(b / s.resolution_m, 6))))
                            for p, b in zip(region_px, g.block_m))
-        tasks += _sensor_tasks(setup, name, n_in, blocks, sliced=True)
+        tasks += sensor_tasks(setup.inputs.sensors[name], g.overlap, n_in, blocks, setup.normalized(name),
+                              sliced=True)
     writes = math.prod(regions.region_blocks)
     return int(tasks + 2 * writes + 1), int(reads)
 

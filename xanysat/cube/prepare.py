@@ -11,6 +11,7 @@ statistics (it reads no pixel).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -71,6 +72,40 @@ class SensorInput:
         std = xr.DataArray(np.asarray(self.stats.std, "float32"), dims="band")
         return (values - mean) / std
 
+    def identity(self) -> str:
+        """A token for the sensor's pixels, so that a resumed ``embed_to_zarr`` never mixes
+        embeddings of different inputs (``Inputs.identity``).
+
+        * In-memory data (numpy, or a file opened without ``chunks``): a hash of the values in
+          C order, with dtype and shape. Memory layout does not matter; the values are read once.
+        * Lazy (dask) data: the dask token of the array (``dask.base.tokenize``, its graph's
+          name). It names the source and every operation on it, so it changes when the source
+          changes (e.g. a file's modification time, other STAC items) or the graph does
+          (another chunking, another selection); the same source opened the same way (for
+          files xarray opens: the same path string and modification time, the same chunks)
+          gives the same token, in any process. A graph built from non-deterministic steps gets a new
+          token every time: such an input cannot be resumed (it is refused, never mixed).
+
+        Example:
+            >>> from xanysat.testing import synthetic_cube
+            >>> cube = synthetic_cube(("s2",), extent_m=40, n_dates=2)
+            >>> a = prepare(cube).sensors["s2"]
+            >>> a.identity() == prepare(cube.copy(deep=True)).sensors["s2"].identity()  # same values
+            True
+            >>> a.identity() == prepare(cube * 2).sensors["s2"].identity()  # other pixels
+            False
+        """
+        data = self.read.data
+        if data.chunks is not None:
+            from dask.base import tokenize
+
+            return f"dask:{tokenize(data.data)}"
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(repr((str(data.dtype), data.shape)).encode())
+        for index in np.ndindex(*data.shape[:1]):  # slab by slab: no copy of the whole array
+            digest.update(np.ascontiguousarray(data[index].values).view("u1").data)
+        return f"values:{digest.hexdigest()}"
+
     def provenance(self) -> dict:
         """The input bands, the bands masked and the dates, for the output's ``inputs`` attr."""
         dates = self.read.dates
@@ -127,6 +162,21 @@ class Inputs:
         return {n: None if s.stats is None else {"mean": _json_floats(s.stats.mean), "std": _json_floats(s.stats.std),
                                                  "source": s.stats.source}
                 for n, s in self.sensors.items()}
+
+    def identity(self) -> dict[str, str]:
+        """sensor -> ``SensorInput.identity``: what a Zarr store's values depend on besides the
+        settings (``xanysat.cube.options.fingerprint``).
+
+        Example:
+            >>> from xanysat.testing import synthetic_cube
+            >>> cube = synthetic_cube(("s2",), extent_m=40, n_dates=2)
+            >>> ids = prepare(cube).identity()
+            >>> list(ids), ids["s2"].startswith("values:")
+            (['s2'], True)
+            >>> prepare(cube.chunk({"y": 2})).identity()["s2"].startswith("dask:")
+            True
+        """
+        return {n: s.identity() for n, s in self.sensors.items()}
 
     def provenance(self) -> dict:
         """The attrs every output of these inputs carries (sensors, inputs, normalisation, dates)."""

@@ -22,16 +22,25 @@ is marked (its chunk set to 1) only after all its data chunks have been written,
 between the data write and the mark leaves the region unmarked and a resumed run simply
 writes it again (writes of a region are idempotent); a marked region is always complete.
 Regions write disjoint chunks, so nothing is read-modify-written. The settings of the run
-(model weights, patch and tile size, overlap, grid, sensors, normalisation...) are stored as a
-fingerprint in the root attributes; a resumed run must have the same fingerprint. One writer
-per store at a time. The manifest group is invisible to ``xr.open_zarr`` (it reads the root
+(model weights, patch and tile size, overlap, grid, sensors, normalisation...) and the identity
+of its input (per sensor, a hash of in-memory values, or the dask token of a lazy input) are
+stored as a fingerprint in the root attributes; a resumed run must have the same fingerprint,
+so a store never mixes embeddings of different settings or pixels. One writer per store at a
+time.
+
+Writers only delete what they wrote: a store is created in a new or empty place, or over a
+store ``embed_to_zarr`` wrote (``resume=False`` replaces that store's own arrays, attributes
+and manifest, and leaves other files there alone). A directory holding anything else (other
+files, another Zarr store) is refused, with or without ``resume``. The manifest group is invisible to ``xr.open_zarr`` (it reads the root
 group only); once every region is written the store's metadata is consolidated.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import xarray as xr
@@ -43,11 +52,14 @@ from xanysat.cube.options import EmbedOptions
 from xanysat.cube.options import attrs as provenance_attrs
 from xanysat.cube.options import fingerprint as settings_fingerprint
 from xanysat.cube.regions import Regions, resolve_region_blocks, slice_pixels, worker_threads
+from xanysat.errors import AnySatInputError
 
 MANIFEST = "anysat_manifest"
 DONE = "done"
 FINGERPRINT = "anysat_fingerprint"
 REGION_BLOCKS = "anysat_region_blocks"
+WRITER = "anysat_writer"
+FOREIGN_FILE_WARNING = "Object at .* is not recognized as a component of a Zarr hierarchy"
 
 
 def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, options: EmbedOptions | None = None,
@@ -63,7 +75,9 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, o
             tasks per worker thread, and at least one input chunk wide. A resumed run keeps the
             store's value.
         resume: True: skip the regions the store marks done (the store must have been written
-            with the same settings); False: overwrite the store.
+            with the same settings from the same input); False: overwrite a store that
+            ``embed_to_zarr`` wrote (its own arrays and manifest only). Either way, a place that
+            holds anything else (other files, another Zarr store) is refused, never emptied.
         progress: show a progress bar over regions (tqdm).
         client: a ``dask.distributed`` client to compute on; default: the active scheduler
             (the default client if one is set, else dask's threads). No cluster is created.
@@ -78,8 +92,10 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, o
         as ``xanysat.embed(data, ...)``.
 
     Raises:
-        ValueError: ``resume=True`` into a store written with other settings, or not by
-            ``embed_to_zarr``: use a new store, or ``resume=False`` to overwrite it.
+        AnySatInputError: ``store`` holds something ``embed_to_zarr`` did not write: write to a
+            new path (the message suggests one).
+        ValueError: ``resume=True`` into a store written with other settings or from other
+            input pixels: use a new store, or ``resume=False`` to overwrite it.
 
     Example:
         >>> import xanysat, zarr
@@ -185,14 +201,16 @@ def prepare(data, patch_size=40, output="patch", *, options: EmbedOptions | None
 
 def fingerprint(setup: Setup) -> dict:
     """What the store's values depend on; a resumed run must match it key by key
-    (``xanysat.cube.options.fingerprint`` of the job's facts).
+    (``xanysat.cube.options.fingerprint`` of the job's facts and its input's identity,
+    ``xanysat.cube.prepare.Inputs.identity``: changed pixels are never mixed with old ones).
 
     Args:
         setup: the whole-cube ``xanysat.cube.job.Setup``.
 
     Returns:
         A JSON-serialisable dict: weights hash, dtype, features, patch and tile size, overlap,
-        blocks, grid, sensors (bands, dates, shapes, nodata), normalisation and date origin.
+        blocks, grid, sensors (bands, dates, shapes, nodata), normalisation, date origin and the
+        input's identity (per sensor, a hash of in-memory values or the dask token of lazy data).
 
     Example:
         >>> from xanysat.testing import synthetic_cube
@@ -203,8 +221,11 @@ def fingerprint(setup: Setup) -> dict:
         (40, [160, 160], [4, 8], 'EPSG:32631')
         >>> fp["sensors"]["s2"]["dates"]
         ['2021-03-01T00:00:00', '2021-03-17T00:00:00']
+        >>> fp["input"]["s2"] == fingerprint(prepare(cube.copy(deep=True), 40, model="untrained-tiny", tile_size=160,
+        ...                                          block_tiles=1).setup)["input"]["s2"]  # the same pixels
+        True
     """
-    return settings_fingerprint(setup.facts())
+    return settings_fingerprint(setup.facts(), setup.inputs.identity())
 
 
 # -- one region -----------------------------------------------------------------------------------------
@@ -264,7 +285,7 @@ def region_embedding(job: RegionJob, region) -> xr.DataArray:
         ({'feature': 256, 'y': 4, 'x': 4}, True)
     """
     inputs, window = region_input(job, region)
-    emb = embed_with(inputs, job.setup.options.replace(window=window), ref=job.setup.ref)
+    emb = embed_with(inputs, job.setup.options.replace(window=window), ref=job.setup.ref, max_tasks=None)
     ys, xs = job.regions.cells(region)
     expected = (ys.stop - ys.start, xs.stop - xs.start)
     if (emb.sizes["y"], emb.sizes["x"]) != expected:
@@ -310,8 +331,10 @@ def write_region(job: RegionJob, store, region, *, client=None) -> None:
             and np.allclose(emb["x"].values, x0 + (np.arange(xs.start, xs.stop) + 0.5) * cw, atol=1e-3)):
         raise RuntimeError(f"region {region}: cell coordinates do not match the store's (xanysat bug: please report).")
     ds = xr.Dataset({EMBEDDING: ((FEATURE, "y", "x"), emb.data)})
-    delayed = ds.to_zarr(store, region={FEATURE: slice(None), "y": ys, "x": xs}, mode="r+", consolidated=False,
-                         compute=False)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", FOREIGN_FILE_WARNING)  # other files are kept beside the store
+        delayed = ds.to_zarr(store, region={FEATURE: slice(None), "y": ys, "x": xs}, mode="r+", consolidated=False,
+                             compute=False)
     if client is not None:
         dask.compute(delayed, scheduler=client)
     else:
@@ -324,18 +347,24 @@ def write_region(job: RegionJob, store, region, *, client=None) -> None:
 def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np.ndarray:
     """Create the store (or check it, to resume) and return the regions already done as booleans.
 
+    Writers only delete what they wrote: a store is created in a new or empty place, or over a
+    store ``embed_to_zarr`` wrote before (its own arrays, coordinates, attributes and manifest
+    are replaced; other files beside them are left alone). Anything else is refused.
+
     Args:
         job: the ``RegionJob``; on resume its regions become the store's.
         store: the Zarr store.
         resume: check the store's fingerprint and read its manifest (a new store is created);
-            False: overwrite the store.
+            False: overwrite a store written by ``embed_to_zarr``.
         region_blocks: the caller's ``region_blocks``, checked against the store's on resume.
 
     Returns:
         One boolean per region (``job.regions.shape``): True where the region is done.
 
     Raises:
-        ValueError: resuming into a store written by something else or with other settings.
+        AnySatInputError: ``store`` holds something ``embed_to_zarr`` did not write (other files,
+            another Zarr store), with or without ``resume``: the message offers a new path.
+        ValueError: resuming into a store written with other settings or from another input.
 
     Example:
         >>> import zarr
@@ -353,23 +382,19 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
         Traceback (most recent call last):
             ...
         ValueError: cannot resume into ...: it was written with other settings (...patch_size_m: 40 in the store, 20 now...
+        >>> changed = prepare(cube * 2, 40, model="untrained-tiny", tile_size=160, block_tiles=1, region_blocks=1)
+        >>> open_store(changed, store, resume=True)  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        ValueError: cannot resume into ...: the input is not the one the store was written from (s2: ...
     """
-    existing = _root_attrs(store) if resume else None
-    if existing is None:
+    kind, existing = store_kind(store)
+    if kind == "foreign":
+        raise AnySatInputError(_refusal(store, existing["what"], "embed_to_zarr"))
+    if kind == "new" or not resume:
         _create(job, store)
         return np.zeros(job.regions.shape, dtype=bool)
-    stored = existing.get(FINGERPRINT)
-    if stored is None:
-        raise ValueError(
-            f"{store!r} exists but was not written by xanysat.embed_to_zarr (no {FINGERPRINT!r} attribute): write to "
-            "a new store, or pass resume=False to overwrite it."
-        )
-    differences = _differences(json.loads(stored), job.fingerprint)
-    if differences:
-        raise ValueError(
-            f"cannot resume into {store!r}: it was written with other settings ({'; '.join(differences)}). Write to a "
-            "new store, or pass resume=False to overwrite it."
-        )
+    _check_fingerprint(store, json.loads(existing[FINGERPRINT]), job.fingerprint)
     kept = tuple(existing.get(REGION_BLOCKS, job.regions.region_blocks))
     if region_blocks is not None and tuple(job.regions.region_blocks) != kept:
         raise ValueError(
@@ -377,7 +402,108 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
             f"region_blocks={kept}. Pass region_blocks=None (or {kept}) to resume, or resume=False to start over."
         )
     job.regions = Regions(job.geometry, kept)
-    return _read_done(store, job.regions.shape)
+    done = _read_done(store, job.regions.shape)
+    if done is None:  # interrupted while being created (the manifest comes last): nothing was written yet
+        _create(job, store)
+        return np.zeros(job.regions.shape, dtype=bool)
+    return done
+
+
+def store_kind(store, writer: str | None = None) -> tuple[str, dict]:
+    """What ``store`` holds: ``("new", {})`` (nothing: no path, an empty directory or store, an
+    empty group), ``("xanysat", attrs)`` (a store ``embed_to_zarr``, or ``writer``, wrote: its
+    root attributes) or ``("foreign", {"what": description})`` (anything else: never written over).
+
+    Args:
+        store: a path or a Zarr store.
+        writer: None: a store of ``embed_to_zarr`` (its fingerprint); else the ``anysat_writer``
+            attribute ``write_zarr`` records.
+
+    Returns:
+        ``(kind, details)``.
+
+    Example:
+        >>> import tempfile, zarr
+        >>> from pathlib import Path
+        >>> store_kind(zarr.storage.MemoryStore())
+        ('new', {})
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     _ = (Path(directory) / "thesis.tex").write_text("...")
+        ...     store_kind(directory)[0]
+        'foreign'
+    """
+    import zarr
+    from zarr.errors import ContainsArrayError
+
+    local = _local_path(store)
+    if local is not None:
+        if not local.exists():
+            return "new", {}
+        if not local.is_dir():
+            return "foreign", {"what": "a file, not a directory"}
+        if not any(local.iterdir()):
+            return "new", {}
+    try:
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
+    except ContainsArrayError:
+        return "foreign", {"what": "a Zarr array"}
+    except FileNotFoundError:  # zarr's "no group here" errors derive from it
+        if local is not None:
+            return "foreign", {"what": f"other files ({_listing(local)}) and no Zarr store"}
+        if not _is_empty(store):
+            return "foreign", {"what": "other data and no Zarr store"}
+        return "new", {}
+    attrs = dict(group.attrs)
+    if (FINGERPRINT in attrs) if writer is None else (attrs.get(WRITER) == writer):
+        return "xanysat", attrs
+    if not attrs and not list(group.keys()):
+        return "new", {}
+    if writer is None:
+        return "foreign", {"what": f"a Zarr store not written by xanysat.embed_to_zarr (no {FINGERPRINT!r} attribute)"}
+    return "foreign", {"what": f"a Zarr store not written by {writer} (its {WRITER!r} attribute is not {writer!r})"}
+
+
+def write_zarr(ds: xr.Dataset, store, *, writer: str, consolidated: bool = True) -> None:
+    """Write ``ds`` as a Zarr store into a new or empty place, or over a store that ``writer``
+    wrote before; anything else is refused. Writers only delete what they wrote: over its own
+    store, only the variables of ``ds`` are replaced and other files stay (unlike
+    ``to_zarr(mode="w")``, which empties the whole directory).
+
+    Args:
+        ds: the Dataset (computed on write).
+        store: a path or a Zarr store.
+        writer: who writes, recorded in the root attribute ``anysat_writer``, e.g.
+            ``"xanysat finetune --map"``.
+        consolidated: consolidate the metadata.
+
+    Raises:
+        AnySatInputError: ``store`` holds something else; the message offers a new path.
+
+    Example:
+        >>> import shutil, tempfile
+        >>> from pathlib import Path
+        >>> ds = xr.Dataset({"classes": (("y", "x"), np.zeros((2, 3), "int16"))})
+        >>> directory = Path(tempfile.mkdtemp())
+        >>> write_zarr(ds, directory / "map.zarr", writer="the docs")
+        >>> write_zarr(ds + 1, directory / "map.zarr", writer="the docs")  # its own store: replaced
+        >>> int(xr.open_zarr(directory / "map.zarr")["classes"].max())
+        1
+        >>> _ = (directory / "thesis.tex").write_text("...")
+        >>> write_zarr(ds, directory, writer="the docs")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.AnySatInputError: ... holds other files (map.zarr/, thesis.tex) and no Zarr store: xanysat ...
+        >>> shutil.rmtree(directory)
+    """
+    kind, details = store_kind(store, writer=writer)
+    if kind == "foreign":
+        raise AnySatInputError(_refusal(store, details["what"], writer))
+    ds = ds.assign_attrs({WRITER: writer})
+    _delete_members(store, list(ds.variables))
+    with warnings.catch_warnings():  # zarr format 3 calls consolidated metadata an extension
+        warnings.filterwarnings("ignore", "Consolidated metadata")
+        warnings.filterwarnings("ignore", FOREIGN_FILE_WARNING)  # other files are kept beside the store
+        ds.to_zarr(store, mode="a", consolidated=consolidated)
 
 
 def mark_done(store, region) -> None:
@@ -438,14 +564,21 @@ def template(job: RegionJob) -> xr.Dataset:
     ds[EMBEDDING].encoding["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr keeps the CRS
     ds.attrs[FINGERPRINT] = json.dumps(job.fingerprint, sort_keys=True)
     ds.attrs[REGION_BLOCKS] = list(job.regions.region_blocks)
-    ds.attrs["anysat_writer"] = "xanysat.embed_to_zarr (regions marked in the anysat_manifest group)"
+    ds.attrs[WRITER] = "xanysat.embed_to_zarr (regions marked in the anysat_manifest group)"
     return ds
 
 
 def _create(job: RegionJob, store) -> None:
+    """Write the store's layout and an empty manifest, over the store's own members only (never a
+    foreign file: no ``mode="w"``, which empties the whole directory). The manifest goes first
+    and comes back last, so an interrupted creation reads as one (``open_store`` creates again)."""
     import zarr
 
-    template(job).to_zarr(store, mode="w", compute=False, consolidated=False)
+    ds = template(job)
+    _delete_members(store, [MANIFEST, *ds.variables])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", FOREIGN_FILE_WARNING)  # other files are kept beside the store
+        ds.to_zarr(store, mode="a", compute=False, consolidated=False)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     manifest = group.require_group(MANIFEST)
     manifest.create_array(DONE, shape=job.regions.shape, chunks=(1, 1), dtype="uint8", fill_value=0,
@@ -454,35 +587,105 @@ def _create(job: RegionJob, store) -> None:
                            "regions": "done[i, j] = 1 once region (i, j) is completely written"})
 
 
-def _root_attrs(store) -> dict | None:
-    """The root group's attributes, or None when the store holds no group (a new store)."""
-    import os
-
+def _delete_members(store, names) -> None:
+    """Delete these arrays or groups of the store's root group, in this order (nothing else)."""
     import zarr
 
     try:
-        group = zarr.open_group(store, mode="r", use_consolidated=False)
-    except FileNotFoundError:  # zarr's "no group here" errors derive from it
-        if isinstance(store, (str, os.PathLike)) and os.path.isdir(store) and os.listdir(store):
-            raise ValueError(f"{store!r} is a non-empty directory that holds no Zarr group: write to a new store, "
-                             "or pass resume=False to overwrite it.") from None
-        return None
-    attrs = dict(group.attrs)
-    if not attrs and not list(group.array_keys()):
-        return None
-    return attrs
+        group = zarr.open_group(store, mode="r+", use_consolidated=False)
+    except FileNotFoundError:  # a new store
+        return
+    for name in names:
+        if name in group:
+            del group[name]
 
 
-def _read_done(store, shape) -> np.ndarray:
+def _local_path(store) -> Path | None:
+    """The directory of a local store (a path, or a ``zarr.storage.LocalStore``), else None."""
+    import zarr
+
+    if isinstance(store, zarr.storage.LocalStore):
+        return Path(store.root)
+    if isinstance(store, os.PathLike) or (isinstance(store, str) and "://" not in store):
+        return Path(store)
+    return None
+
+
+def _is_empty(store) -> bool:
+    """Whether a non-local store holds no key at all (a store object or an fsspec URL)."""
+    import zarr
+    from zarr.abc.store import Store
+    from zarr.core.sync import sync
+
+    if isinstance(store, str):
+        store = zarr.storage.FsspecStore.from_url(store, read_only=True)
+    if isinstance(store, Store):
+        return sync(store.is_empty(""))
+    return not len(store)  # a plain mapping
+
+
+def _listing(directory: Path, most: int = 4) -> str:
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in directory.iterdir())
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _refusal(store, what: str, writer: str) -> str:
+    """The message refusing ``store``: the rule, and a new path beside (or, in a plain directory
+    of other files, inside) it that does not exist yet."""
+    local = _local_path(store)
+    name = "embedding" if writer == "embed_to_zarr" else "output"
+    if local is not None:
+        inside = local.is_dir() and what.startswith("other files")
+        base = local / name if inside else local.with_name(f"{local.stem}-{name}")
+        new, n = base.with_name(f"{base.name}.zarr"), 1
+        while new.exists():
+            n += 1
+            new = base.with_name(f"{base.name}-{n}.zarr")
+        fix = f"Write to a new directory instead, e.g. {str(new)!r} (or any path that does not exist yet)."
+    else:
+        fix = "Write to a new store (a new path or prefix) instead."
+    if writer == "embed_to_zarr":
+        rule = ("embed_to_zarr writes only into a new or empty place, or over a store it wrote itself, and never "
+                "deletes what it did not write (resume=False overwrites only its own stores)")
+    else:
+        rule = (f"xanysat writes only into a new or empty place, or over a store {writer} wrote itself, and never "
+                "deletes what it did not write")
+    return f"{store!r} holds {what}: {rule}. {fix}"
+
+
+def _check_fingerprint(store, stored: dict, current: dict) -> None:
+    """Raise ``ValueError`` naming what differs between the store's fingerprint and the run's."""
+    settings = _differences({k: v for k, v in stored.items() if k != "input"},
+                            {k: v for k, v in current.items() if k != "input"})
+    if settings:
+        raise ValueError(
+            f"cannot resume into {store!r}: it was written with other settings ({'; '.join(settings)}). Write to a "
+            "new store, or pass resume=False to overwrite it."
+        )
+    before, now = stored.get("input"), current["input"]
+    if before == now:
+        return
+    if before is None:
+        what = "the store records no identity of its input (written by an older xanysat), so it cannot be checked"
+    else:
+        what = "the input is not the one the store was written from (" + "; ".join(
+            f"{n}: {before.get(n)} in the store, {now.get(n)} now" for n in sorted(set(before) | set(now))
+            if before.get(n) != now.get(n)) + ")"
+    raise ValueError(
+        f"cannot resume into {store!r}: {what}. Resuming would mix embeddings of different pixels. Write to a new "
+        "store, or pass resume=False to overwrite it. (A lazy dask input is identified by its dask token: open the "
+        "same source the same way, with the same chunks, to resume; in-memory data by its values.)"
+    )
+
+
+def _read_done(store, shape) -> np.ndarray | None:
+    """The manifest's marks, or None when there is no manifest (creation interrupted before it)."""
     import zarr
 
     try:
         done = zarr.open_array(store, path=f"{MANIFEST}/{DONE}", mode="r")
     except FileNotFoundError:
-        # crashed between the metadata and the manifest: nothing was written yet
-        group = zarr.open_group(store, mode="r+", use_consolidated=False).require_group(MANIFEST)
-        group.create_array(DONE, shape=shape, chunks=(1, 1), dtype="uint8", fill_value=0, compressors=None)
-        return np.zeros(shape, dtype=bool)
+        return None
     if tuple(done.shape) != tuple(shape):
         raise ValueError(f"the store's manifest has {done.shape} regions, expected {shape}: pass resume=False.")
     try:

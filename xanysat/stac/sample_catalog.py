@@ -149,6 +149,10 @@ _S1_DB_OFFSET = 83.0
 S1_NODATA = -32768.0
 
 
+CATALOG_ID = "xanysat-sample"
+"""The root catalogue's id: how ``write_sample_catalog`` knows a directory it wrote before."""
+
+
 @dataclass
 class _Asset:
     key: str
@@ -205,7 +209,7 @@ def write_sample_catalog(directory: str | Path, *, sources: Sequence[str] = ("wo
     _write_json(root / "catalog.json", {
         "type": "Catalog",
         "stac_version": STAC_VERSION,
-        "id": "xanysat-sample",
+        "id": CATALOG_ID,
         "title": "xanysat sample catalogue",
         "description": "Real Sentinel imagery as single-band COGs, laid out like public STAC "
                        f"catalogues; written by xanysat.stac.sample_catalog from {', '.join(sources)}.",
@@ -235,14 +239,19 @@ def write_sample_catalog(directory: str | Path, *, sources: Sequence[str] = ("wo
 
 def _remove_previous(root: Path) -> None:
     """Delete what an earlier call wrote into ``root`` (its collections), so that no stale
-    collection is left beside the new ones."""
+    collection is left beside the new ones. A ``catalog.json`` this module did not write (another
+    catalogue) is refused: nothing of it is deleted or overwritten."""
     catalog = root / "catalog.json"
     if not catalog.is_file():
         return
     try:
-        links = json.loads(catalog.read_text()).get("links", [])
-    except (ValueError, AttributeError):
-        return
+        previous = json.loads(catalog.read_text())
+    except ValueError:
+        previous = None
+    if not isinstance(previous, dict) or previous.get("id") != CATALOG_ID:
+        raise ValueError(f"{root} holds a catalog.json not written by write_sample_catalog (its id is not "
+                         f"{CATALOG_ID!r}): it is left alone. Write the sample catalogue into a new directory.")
+    links = previous.get("links", [])
     for link in links:
         if link.get("rel") == "child":
             folder = (root / link["href"]).resolve().parent

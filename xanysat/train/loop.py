@@ -180,6 +180,18 @@ BatchFactory = Callable[[int], Iterator[tuple[dict, int]]]
 """``factory(seed)`` -> an endless iterator of ``(batch, patch_size)``, the same for the same seed."""
 
 
+def _remove_own_csv(path: Path, fields: tuple[str, ...]) -> None:
+    """Delete a log ``pretrain`` wrote (its header is ``fields``); refuse any other file there."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        header = next(csv.reader(f), [])
+    if tuple(header) != fields:
+        raise ValueError(f"{path} exists and was not written by pretrain (its header is not {','.join(fields)}): "
+                         "it is left alone. Use a new out_dir for this run, or move the file away.")
+    path.unlink()
+
+
 def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = True, progress: bool = True,
              stop_after: int | None = None) -> JEPA:
     """Run (or resume) JEPA pretraining; returns the trained ``JEPA`` (student = the encoder).
@@ -233,8 +245,8 @@ def pretrain(config: PretrainConfig, batches: BatchFactory, *, resume: bool = Tr
     if resume and checkpoint.is_file():
         start = _restore(checkpoint, jepa, optimizer, generator, config)
     elif not resume:
-        for name in ("log.csv", "monitor.csv"):
-            (out / name).unlink(missing_ok=True)
+        for name, fields in (("log.csv", LOG_FIELDS), ("monitor.csv", MONITOR_FIELDS)):
+            _remove_own_csv(out / name, fields)
     (out / "config.json").write_text(json.dumps(asdict(config), indent=1))
     stream = batches(config.seed + 2)
     for _ in range(start):
