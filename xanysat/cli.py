@@ -510,7 +510,7 @@ def _base_status() -> str:
 
 EMBED_FLAGS = {"patch_size": "--patch-size", "output": "--output", "batch_size": "--batch-size",
                "overlap": "--overlap", "device": "--device", "dtype": "--dtype"}
-MODEL_NAMES = ("base", "default", "untrained-tiny")  # xanysat.nn.hub's (tests/test_cli_contract.py checks)
+MODEL_NAMES = ("base", "default", "untrained-tiny")  # xanysat.nn.hub's (tests/integration/test_cli_contract.py checks)
 MODEL_FILES = ("config.json", "model.safetensors")  # what xanysat.nn.checkpoint.save_pretrained writes
 ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray", ".zattrs")
 

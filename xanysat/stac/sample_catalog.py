@@ -396,7 +396,7 @@ def worldcereal_s1_linear(dn: np.ndarray) -> np.ndarray:
     """WorldCereal S1 DN (uint16, 65535 nodata) -> float32 linear power, nodata -32768.
 
     dB = 20 log10(DN) - 83 and linear = 10^(dB/10), computed in float64 (as
-    ``tests/cubes.py`` does) and rounded once to float32.
+    ``tests/helpers/cubes.py`` does) and rounded once to float32.
 
     Args:
         dn: WorldCereal ``S1-SIGMA0-*`` values (uint16).
