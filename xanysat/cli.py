@@ -277,6 +277,10 @@ def _cube_arguments(p: argparse.ArgumentParser) -> None:
                    help="area in degrees (EPSG:4326)")
     g.add_argument("--datetime", help="e.g. 2021-01-01/2021-12-31")
     g.add_argument("--max-items", type=int)
+    g.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds each request to the STAC API or an asset host may take (default: 30)")
+    g.add_argument("--retries", type=int, default=3,
+                   help="retries of a request that timed out or answered HTTP 429/5xx (default: 3)")
     g.add_argument("--sensor", action="append", default=[], type=_sensor_pair, metavar="SENSOR=COLLECTION",
                    help="map a collection to a sensor, e.g. s1-asc=sentinel-1-rtc (default: from the sensor table)")
     g.add_argument("--crs", help="output CRS (default: the items' CRS)")
@@ -332,11 +336,12 @@ def _cube(args, *, check_assets: bool):
 
     _say(f"searching {args.stac} for {', '.join(args.collections)} ...")
     items = stac.search(args.stac, args.collections, bbox=args.bbox, datetime=args.datetime,
-                        max_items=args.max_items)
+                        max_items=args.max_items, timeout=args.timeout, retries=args.retries)
     _say(f"found {len(items)} items; loading the cube ({args.loader}) ...")
     cloud_mask = {"auto": "auto", "yes": True, "no": False}[args.cloud_mask]
     return stac.load(items, sensors=_sensors(args.sensor), bbox=args.bbox, crs=args.crs, loader=args.loader,
-                     composite=args.composite, cloud_mask=cloud_mask, check_assets=check_assets)
+                     composite=args.composite, cloud_mask=cloud_mask, check_assets=check_assets,
+                     timeout=args.timeout, retries=args.retries)
 
 
 def _embed_options(args, normalize=True):

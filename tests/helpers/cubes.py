@@ -18,9 +18,8 @@ import rioxarray  # noqa: F401  (registers .rio)
 import torch
 import xarray as xr
 
-from xanysat.sensors.table import MODALITIES
-
 from helpers.paths import FIXTURES
+from xanysat.sensors.table import MODALITIES
 
 WORLDCEREAL = FIXTURES / "real" / "worldcereal" / "worldcereal_preprocessed_inputs.nc"
 WORLDCEREAL_NODATA = 65535

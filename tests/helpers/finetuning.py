@@ -1,8 +1,7 @@
 """A linear-probe run on the shared WorldCereal crop labels."""
 
-from xanysat.apps.finetune import FinetuneConfig
-
 from helpers.paths import FIXTURES
+from xanysat.apps.finetune import FinetuneConfig
 
 LABELS = FIXTURES / "real" / "worldcereal" / "worldcereal_cropland_classification.nc"
 

@@ -5,7 +5,6 @@ run when a test here lacks the mark."""
 from pathlib import Path
 
 import pytest
-
 from helpers.paths import TESTS
 
 HERE = TESTS / "integration"

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
+from helpers.paths import REPO_ROOT
 from PIL import Image
 
 from xanysat.apps.demo import CAPTION_PX, GAP_PX, PANEL_PX
-
-from helpers.paths import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from helpers.paths import REPO_ROOT
 
 pytest.importorskip("sphinx", reason="sphinx is not installed: pip install -e '.[docs]' (scripts/_setup.sh does)")

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import rasterio
 import torch
+from helpers.finetuning import LABELS, config
 
 from xanysat.apps.finetune import finetune, load_task
-
-from helpers.finetuning import LABELS, config
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not LABELS.is_file(), reason="shared WorldCereal fixtures absent")]
 

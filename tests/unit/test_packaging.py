@@ -4,7 +4,6 @@ import re
 import tomllib
 
 import yaml
-
 from helpers.paths import REPO_ROOT
 
 CONDA_NAMES = {"torch": "pytorch", "matplotlib": "matplotlib-base"}

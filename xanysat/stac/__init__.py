@@ -9,9 +9,11 @@ baseline offset, QA) comes from the sensor table (``Modality.stac``); a catalogu
 does not know is mapped with ``custom_source``.
 """
 
+from xanysat.stac.assets import missing_assets, verify_assets
 from xanysat.stac.client import check_lonlat_bbox, search
 from xanysat.stac.grid import Grid, common_grid
-from xanysat.stac.loader import LOADERS, load, stac_cube, verify_assets
+from xanysat.stac.loader import LOADERS, load, stac_cube
+from xanysat.stac.network import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S
 from xanysat.stac.sources import SensorSource, custom_source, replace_source, sensor_sources
 from xanysat.stac.units import (
     COMPOSITES,
@@ -24,7 +26,8 @@ from xanysat.stac.units import (
 )
 
 __all__ = [
-    "COMPOSITES", "LOADERS", "QA_PIXEL_CLOUDY_BITS", "SCL_CLOUDY", "Grid", "SensorSource", "baseline_shift",
-    "check_lonlat_bbox", "cloudy", "common_grid", "custom_source", "load", "replace_source", "search",
-    "sensor_sources", "stac_cube", "temporal_composite", "to_model_units", "verify_assets",
+    "COMPOSITES", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT_S", "LOADERS", "QA_PIXEL_CLOUDY_BITS", "SCL_CLOUDY", "Grid",
+    "SensorSource", "baseline_shift", "check_lonlat_bbox", "cloudy", "common_grid", "custom_source", "load",
+    "missing_assets", "replace_source", "search", "sensor_sources", "stac_cube", "temporal_composite",
+    "to_model_units", "verify_assets",
 ]

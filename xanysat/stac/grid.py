@@ -50,7 +50,8 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
         A ``Grid``.
 
     Raises:
-        StacError: the items carry no CRS or several, or a degree ``bbox`` is invalid.
+        StacError: the items carry no CRS or several, a degree ``bbox`` is invalid, or ``bbox``
+            overlaps none of a sensor's items (its cube would be all NaN).
 
     Example:
         >>> import datetime, pystac
@@ -60,6 +61,11 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
         Grid(crs='EPSG:32631', bounds=(664000.0, 5611120.0, 665000.0, 5612120.0), align_m=10.0)
         >>> common_grid({"s2": (None, [item]), "l7": (None, [item])}).bounds  # 10 m and 30 m pixels
         (663990.0, 5611110.0, 665010.0, 5612130.0)
+        >>> item.bbox = [5.32, 50.63, 5.34, 50.64]
+        >>> common_grid({"s2": (None, [item])}, bbox=(6.0, 51.0, 6.1, 51.1))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (6.0, 51.0, 6.1, 51.1) (EPSG:4326) overlaps none of the 1 's2' item(s) ...
     """
     from odc.geo.geom import BoundingBox
 
@@ -75,8 +81,11 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
         crs = next(iter(codes))
     if bbox is None:
         bbox, bbox_crs = _items_bounds(all_items, crs)
-    elif str(bbox_crs).upper() in ("EPSG:4326", "WGS84", "OGC:CRS84"):
-        check_lonlat_bbox(bbox)
+    else:
+        if str(bbox_crs).upper() in ("EPSG:4326", "WGS84", "OGC:CRS84"):
+            check_lonlat_bbox(bbox)
+        for sensor, (_, group) in items_by_sensor.items():
+            check_overlap(bbox, bbox_crs, group, sensor)
     box = BoundingBox(*map(float, bbox), crs=bbox_crs).to_crs(crs)
     if align_m is None:
         align_m = pixel_lcm_m(MODALITIES[s].resolution_m for s in items_by_sensor)
@@ -84,6 +93,48 @@ def common_grid(items_by_sensor, *, bbox=None, bbox_crs="EPSG:4326", crs=None, a
     bounds = (math.floor(box.left / a) * a, math.floor(box.bottom / a) * a,
               math.ceil(box.right / a) * a, math.ceil(box.top / a) * a)
     return Grid(str(crs), bounds, a)
+
+
+def check_overlap(bbox, bbox_crs, items, sensor: str) -> None:
+    """Raise unless ``bbox`` overlaps the footprint (the degrees ``bbox``) of at least one item:
+    a cube of an area no item covers would be all NaN. Items without a ``bbox`` are assumed to
+    overlap.
+
+    Args:
+        bbox: ``(west, south, east, north)`` in ``bbox_crs``.
+        bbox_crs: its CRS.
+        items: pystac Items of one sensor.
+        sensor: named in the error.
+
+    Raises:
+        StacError: naming ``bbox``, the items' extent in degrees and the fix.
+
+    Example:
+        >>> import datetime, pystac
+        >>> item = pystac.Item("scene", None, [5.32, 50.63, 5.34, 50.64], datetime.datetime(2021, 5, 1), {})
+        >>> check_overlap((5.33, 50.635, 5.35, 50.65), "EPSG:4326", [item], "s2")  # overlaps: no error
+        >>> check_overlap((700000, 5611120, 701000, 5612120), "EPSG:32631", [item], "s2")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+            ...
+        xanysat.errors.StacError: bbox (700000, ...) (EPSG:32631) overlaps none of the 1 's2' item(s) (collection None): they cover (5.32, 50.63, 5.34, 50.64) in degrees; ...
+    """
+    from odc.geo.geom import BoundingBox
+
+    boxes = [i.bbox for i in items]
+    if not items or any(b is None for b in boxes):
+        return
+    ll = BoundingBox(*map(float, bbox), crs=bbox_crs).to_crs("EPSG:4326")
+    west, south, east, north = ll.left, ll.bottom, ll.right, ll.top
+    if any(w < east and e > west and s < north and n > south for w, s, e, n in (b[:4] for b in boxes)):
+        return
+    b = np.array([box[:4] for box in boxes], dtype="float64")
+    extent = tuple(round(float(v), 6) for v in (b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()))
+    collections = sorted({str(i.collection_id) for i in items})
+    raise StacError(
+        f"bbox {tuple(bbox)} ({bbox_crs}) overlaps none of the {len(items)} {sensor!r} item(s) (collection "
+        f"{', '.join(collections)}): they cover {extent} in degrees; the cube would be all NaN. Pass a bbox "
+        "that overlaps them, or search again with this bbox (search(..., bbox=...)) for items that cover it."
+    )
 
 
 def _items_bounds(items, crs):

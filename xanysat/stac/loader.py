@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Callable, Mapping
 
@@ -13,8 +12,10 @@ import xarray as xr
 
 from xanysat.errors import StacError
 from xanysat.sensors.table import MODALITIES
+from xanysat.stac.assets import describe_missing, gdal_path, missing_assets, verify_assets
 from xanysat.stac.client import search
 from xanysat.stac.grid import Grid, common_grid
+from xanysat.stac.network import DEFAULT_RETRIES, DEFAULT_TIMEOUT_S, check_network_options, gdal_http_options
 from xanysat.stac.sources import SensorSource, sensor_sources
 from xanysat.stac.units import cloudy, temporal_composite, to_model_units
 
@@ -24,7 +25,8 @@ LOADERS = ("odc", "stackstac")
 def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, align_m=None, loader: str = "odc",
          chunks: Mapping[str, int] | None = None, cloud_mask: bool | str = "auto", composite: str | None = None,
          resampling: str = "nearest", groupby: str = "solar_day", patch_url: Callable[[str], str] | None = None,
-         fail_on_error: bool = True, check_assets: bool = True, retries: int = 2) -> xr.DataTree:
+         fail_on_error: bool = True, check_assets: bool = True, timeout: float = DEFAULT_TIMEOUT_S,
+         retries: int = DEFAULT_RETRIES) -> xr.DataTree:
     """Load STAC items into a multi-sensor ``xr.DataTree`` ready for ``xanysat.embed``.
 
     Args:
@@ -49,6 +51,16 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
             of failing the computation.
         check_assets: open every asset once before building the cube; failures are reported
             by item and asset after ``retries`` retries.
+        timeout: seconds each HTTP request of the asset checks and of the reads (when the cube
+            is computed) may take; default 30.
+        retries: retries of a request that timed out or answered HTTP 429/5xx; default 3.
+
+    The bands of a sensor are those that any of its items carries: an item that lacks one
+    (while others carry it) gives NaN for that band, and a warning lists which items lack
+    which assets. odc-stac takes the bands from the first item it is given, so with
+    ``loader="odc"`` one item must carry them all (it is passed first); otherwise the error
+    names the items and the fix (``loader="stackstac"``). Either way the cube does not depend
+    on the order of ``items``.
 
     Returns:
         DataTree with one node per sensor; each node a Dataset with the sensor's variable
@@ -56,7 +68,9 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
 
     Raises:
         StacError: no items, an unknown loader, unmatched collections, items in several CRSs
-            without ``crs``, a missing QA asset with ``cloud_mask=True``, or unreadable assets.
+            without ``crs``, a ``bbox`` that misses the items, a missing QA asset with
+            ``cloud_mask=True``, unreadable assets (after the retries, naming item, asset and
+            URL), no item with every band for ``loader="odc"``, or a bad ``timeout`` / ``retries``.
 
     Example:
         >>> import json, tempfile, pystac
@@ -81,15 +95,19 @@ def load(items, *, sensors=None, bbox=None, bbox_crs="EPSG:4326", crs=None, alig
         raise StacError("no items to load; run a search that returns items first.")
     if loader not in LOADERS:
         raise StacError(f"loader must be one of {LOADERS}, got {loader!r}.")
+    timeout, retries = check_network_options(timeout, retries)
     mapped = sensor_sources(items, sensors)
     grid = common_grid(mapped, bbox=bbox, bbox_crs=bbox_crs, crs=crs, align_m=align_m)
     masks = {sensor: _qa_asset(source, group, cloud_mask) for sensor, (source, group) in mapped.items()}
+    _report_missing(mapped, loader)
     if check_assets:
-        verify_assets(mapped, patch_url=patch_url, retries=retries, qa_assets=masks)
+        verify_assets(mapped, patch_url=patch_url, retries=retries, qa_assets=masks, timeout=timeout)
+    gdal_options = gdal_http_options(timeout, retries)
     nodes = {}
     for sensor, (source, group) in mapped.items():
-        da = _load_sensor(source, group, grid, loader=loader, chunks=chunks, qa=masks[sensor],
-                          resampling=resampling, groupby=groupby, patch_url=patch_url, fail_on_error=fail_on_error)
+        da = _load_sensor(source, load_order(group, source.assets), grid, loader=loader, chunks=chunks,
+                          qa=masks[sensor], resampling=resampling, groupby=groupby, patch_url=patch_url,
+                          fail_on_error=fail_on_error, gdal_options=gdal_options)
         if composite:
             da = temporal_composite(da, composite)
         da.attrs.update({
@@ -122,81 +140,54 @@ def _qa_asset(source: SensorSource, items, cloud_mask) -> str | None:
     return None
 
 
-def verify_assets(mapped, *, patch_url=None, retries: int = 2, qa_assets=None, delay: float = 0.5) -> None:
-    """Open every asset the cube needs; raise one ``StacError`` listing each failure by item and asset.
+def _report_missing(mapped, loader: str) -> None:
+    """Warn which items lack which of their sensor's assets (NaN there); with odc-stac, which
+    takes the bands from the first item, refuse a sensor none of whose items carries them all."""
+    for sensor, lacking in missing_assets(mapped).items():
+        source, group = mapped[sensor]
+        listing = describe_missing(sensor, source.source.collection, lacking, len(group))
+        if loader == "odc" and len(lacking) == len(group):
+            raise StacError(
+                f"{listing}\nNo item carries all of {list(source.assets)}, and odc-stac takes the bands from the "
+                "first item. Load with loader='stackstac' (an item's missing bands come out NaN), or drop the "
+                "items or bands that are missing (e.g. sensors= with xanysat.stac.custom_source)."
+            )
+        warnings.warn(f"{listing}\nThose bands are NaN on those items' dates.", stacklevel=3)
+
+
+def load_order(items, assets) -> list:
+    """The items sorted by date and id, the first that carries every asset in ``assets`` moved
+    first (odc-stac takes the bands from the first item; both loaders sort by date again).
 
     Args:
-        mapped: sensor -> ``(SensorSource, items)``, as ``sensor_sources`` gives.
-        patch_url: rewrites or signs each href before opening it.
-        retries: retries per asset, ``delay * 2**attempt`` seconds apart.
-        qa_assets: sensor -> QA asset key to check too.
-        delay: seconds before the first retry.
+        items: pystac Items.
+        assets: the asset keys the load reads.
 
-    Raises:
-        StacError: some assets cannot be read (at most 20 listed).
+    Returns:
+        A new list: the same cube whatever the order of ``items``.
 
     Example:
-        >>> import datetime, tempfile, numpy as np, pystac, rasterio
-        >>> from pathlib import Path
-        >>> from rasterio.transform import from_origin
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     vv = Path(tmp) / "vv.tif"
-        ...     with rasterio.open(vv, "w", driver="GTiff", width=2, height=2, count=1, dtype="float32",
-        ...                        crs="EPSG:32631", transform=from_origin(664000, 5612120, 10, 10)) as f:
-        ...         f.write(np.ones((1, 2, 2), "float32"))
-        ...     item = pystac.Item("scene", None, None, datetime.datetime(2021, 5, 1), {})
-        ...     item.add_asset("vv", pystac.Asset(str(vv)))
-        ...     item.add_asset("vh", pystac.Asset(str(Path(tmp) / "vh.tif")))  # not written
-        ...     mapped = {"s1-asc": (SensorSource("s1-asc", MODALITIES["s1-asc"].stac[0]), [item])}
-        ...     verify_assets(mapped, retries=0)  # doctest: +ELLIPSIS
-        Traceback (most recent call last):
-            ...
-        xanysat.errors.StacError: 1 asset(s) cannot be read (after 0 retries):
-          item 'scene' asset 'vh' (.../vh.tif): RasterioIOError: ...
-        ...
+        >>> import datetime, pystac
+        >>> items = [pystac.Item(f"day-{d}", None, None, datetime.datetime(2021, 5, d), {}) for d in (3, 1, 2)]
+        >>> for item in items[:2]:
+        ...     item.add_asset("vv", pystac.Asset("vv.tif"))
+        >>> [i.id for i in load_order(items, ["vv"])]
+        ['day-1', 'day-2', 'day-3']
+        >>> [i.id for i in load_order(items[::-1], ["vv", "vh"])]  # no item has both: date order
+        ['day-1', 'day-2', 'day-3']
+        >>> items[2].add_asset("vh", pystac.Asset("vh.tif")); items[2].add_asset("vv", pystac.Asset("vv.tif"))
+        >>> [i.id for i in load_order(items, ["vv", "vh"])]
+        ['day-2', 'day-1', 'day-3']
     """
-    from concurrent.futures import ThreadPoolExecutor
-
-    import rasterio
-
-    jobs = []
-    for sensor, (source, group) in mapped.items():
-        qa = (qa_assets or {}).get(sensor)
-        keys = list(source.assets) + ([qa] if qa else [])
-        for item in group:
-            for key in keys:
-                asset = item.assets.get(key)
-                if asset is None:
-                    jobs.append((item.id, key, None, "the item has no such asset"))
-                else:
-                    jobs.append((item.id, key, asset.href, None))
-
-    def open_once(job):
-        item_id, key, href, problem = job
-        if problem:
-            return item_id, key, href, problem
-        url = patch_url(href) if patch_url else href
-        for attempt in range(retries + 1):
-            try:
-                with rasterio.open(_gdal_path(url)) as src:
-                    src.read(1, window=((0, 1), (0, 1)))
-                return None
-            except Exception as error:  # rasterio raises RasterioIOError and friends
-                if attempt == retries:
-                    return item_id, key, href, f"{type(error).__name__}: {error}"
-                time.sleep(delay * 2**attempt)
-
-    with ThreadPoolExecutor(8) as pool:
-        failures = [f for f in pool.map(open_once, jobs) if f]
-    if failures:
-        lines = "\n".join(f"  item {i!r} asset {k!r} ({h}): {p}" for i, k, h, p in failures[:20])
-        more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
-        raise StacError(f"{len(failures)} asset(s) cannot be read (after {retries} retries):\n{lines}{more}\n"
-                        "Fix or drop those items (or pass check_assets=False and fail_on_error=False to load the rest).")
+    ordered = sorted(items, key=lambda i: (_when(i), i.id))
+    complete = next((i for i in ordered if all(k in i.assets for k in assets)), None)
+    return ordered if complete is None else [complete] + [i for i in ordered if i is not complete]
 
 
-def _gdal_path(href: str) -> str:
-    return href.removeprefix("file://")
+def _when(item) -> str:
+    """The item's datetime (or start_datetime) as ISO text, for sorting."""
+    when = item.datetime or item.common_metadata.start_datetime
+    return when.isoformat() if when is not None else ""
 
 
 def _geobox(grid: Grid, resolution: float):
@@ -206,26 +197,33 @@ def _geobox(grid: Grid, resolution: float):
 
 
 def _load_sensor(source: SensorSource, items, grid: Grid, *, loader, chunks, qa, resampling, groupby,
-                 patch_url, fail_on_error) -> xr.DataArray:
+                 patch_url, fail_on_error, gdal_options) -> xr.DataArray:
     m = MODALITIES[source.sensor]
     src = source.source
     assets = list(source.assets)
     wanted = assets + ([qa] if qa else [])
     res = m.resolution_m
     chunks = dict(chunks or {"time": 1, "y": 1024, "x": 1024})
-    patch = (lambda href: _gdal_path(patch_url(href))) if patch_url else _gdal_path
+    patch = (lambda href: gdal_path(patch_url(href))) if patch_url else gdal_path
     if loader == "odc":
         import odc.stac
+        import rasterio
 
-        ds = odc.stac.load(
-            items, bands=wanted, geobox=_geobox(grid, res), chunks=chunks, groupby=groupby,
-            resampling={"*": resampling, **({qa: "nearest"} if qa else {})}, patch_url=patch,
-            fail_on_error=fail_on_error,
-        )
+        from xanysat.stac.readers import NamedRioDriver
+
+        names = {patch(i.assets[k].href): (i.id, k) for i in items for k in wanted if k in i.assets}
+        # odc-stac captures the rasterio environment here and restores it in every read task
+        with rasterio.Env(**gdal_options):
+            ds = odc.stac.load(
+                items, bands=wanted, geobox=_geobox(grid, res), chunks=chunks, groupby=groupby,
+                resampling={"*": resampling, **({qa: "nearest"} if qa else {})}, patch_url=patch,
+                fail_on_error=fail_on_error, driver=NamedRioDriver(names),
+            )
         raw = ds[assets].to_dataarray(dim="band").transpose("time", "band", "y", "x")
         qa_values = ds[qa] if qa else None
     else:
-        raw, qa_values = _stackstac(items, wanted, assets, qa, grid, res, chunks, resampling, patch, fail_on_error)
+        raw, qa_values = _stackstac(items, wanted, assets, qa, grid, res, chunks, resampling, patch, fail_on_error,
+                                    gdal_options)
     raw = raw.assign_coords(band=list(source.bands))
     nodata = [_asset_nodata(items, key, src.nodata) for key in assets]
     if any(n is not None for n in nodata):
@@ -240,8 +238,9 @@ def _load_sensor(source: SensorSource, items, grid: Grid, *, loader, chunks, qa,
 
 
 def _asset_nodata(items, key: str, default):
-    """The asset's ``raster:bands`` (or STAC 1.1 ``nodata``) value, else the sensor table's."""
-    asset = items[0].assets.get(key)
+    """The asset's ``raster:bands`` (or STAC 1.1 ``nodata``) value in the first item that has it,
+    else the sensor table's."""
+    asset = next((i.assets[key] for i in items if key in i.assets), None)
     fields = asset.extra_fields if asset is not None else {}
     bands = fields.get("raster:bands") or fields.get("bands") or []
     for candidate in [fields.get("nodata"), *(b.get("nodata") for b in bands if isinstance(b, dict))]:
@@ -250,9 +249,12 @@ def _asset_nodata(items, key: str, default):
     return default
 
 
-def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, patch, fail_on_error: bool = True):
+def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, patch, fail_on_error: bool,
+               gdal_options: dict[str, str]):
     import stackstac
     from rasterio.enums import Resampling
+
+    from xanysat.stac.readers import NamedStackstacReader
 
     epsg = int(str(grid.crs).split(":")[-1]) if str(grid.crs).upper().startswith("EPSG:") else None
     if epsg is None:
@@ -266,6 +268,7 @@ def _stackstac(items, wanted, assets, qa, grid: Grid, res, chunks, resampling, p
         # as odc-stac's fail_on_error: every read error raises, or none does (NaN instead); stackstac's
         # own default turns HTTP 404s into NaN silently
         errors_as_nodata=() if fail_on_error else (Exception(".*"),),
+        gdal_env=stackstac.DEFAULT_GDAL_ENV.updated(always=gdal_options), reader=NamedStackstacReader,
     )
     days = stack["time"].values.astype("datetime64[D]")
     stack = stack.assign_coords(time=days.astype("datetime64[ns]"))
@@ -291,12 +294,14 @@ def _patched_item(item, patch, keys) -> dict:
 
 
 def stac_cube(url: str, collections, *, bbox, datetime=None, query=None, filter=None, max_items=None,
-              modifier=None, **load_kwargs) -> xr.DataTree:
+              modifier=None, timeout: float = DEFAULT_TIMEOUT_S, retries: int = DEFAULT_RETRIES,
+              **load_kwargs) -> xr.DataTree:
     """``search`` then ``load``: a STAC query straight to an embeddable cube.
 
     Args:
         url, collections, bbox, datetime, query, filter, max_items, modifier: as for ``search``
             (``bbox`` in degrees, also the area loaded).
+        timeout, retries: for the search, the asset checks and the reads (default 30 s, 3).
         **load_kwargs: as for ``load``.
 
     Returns:
@@ -317,5 +322,5 @@ def stac_cube(url: str, collections, *, bbox, datetime=None, query=None, filter=
         xanysat.errors.StacError: bbox (5.33, 50.63, 5.32, 50.64) is empty or inverted; expected west < east and south < north.
     """
     items = search(url, collections, bbox=bbox, datetime=datetime, query=query, filter=filter,
-                   max_items=max_items, modifier=modifier)
-    return load(items, bbox=bbox, **load_kwargs)
+                   max_items=max_items, modifier=modifier, timeout=timeout, retries=retries)
+    return load(items, bbox=bbox, timeout=timeout, retries=retries, **load_kwargs)

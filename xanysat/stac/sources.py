@@ -98,8 +98,8 @@ def sensor_sources(items, sensors=None) -> dict[str, tuple[SensorSource, list]]:
             every collection against the sensor table.
 
     Returns:
-        sensor -> ``(SensorSource, items)``; the source lists only the assets the items
-        carry (``None`` for the others).
+        sensor -> ``(SensorSource, items)``; the source lists the assets that any of the items
+        carries (``None`` for the others), whatever the order of the items.
 
     Raises:
         StacError: a collection matching no sensor (or two collections one sensor), no items
@@ -183,9 +183,15 @@ def _check_properties(sensor: str, source: StacSource, items) -> None:
             )
 
 
+def _asset_keys(items) -> set[str]:
+    """The asset keys any of the items carries (not only the first: the result must not depend
+    on the order of the items)."""
+    return set().union(*(i.assets for i in items))
+
+
 def _matched(source: StacSource, items) -> int:
-    """How many of the source's asset keys the items carry."""
-    keys = set(items[0].assets)
+    """How many of the source's asset keys the items carry (any of them)."""
+    keys = _asset_keys(items)
     return sum(1 for a in dict.fromkeys(source.assets) if a is not None and a in keys)
 
 
@@ -199,9 +205,9 @@ def _serves(source: StacSource, items, strict: bool) -> bool:
 
 
 def _present(sensor: str, source: StacSource, items) -> SensorSource:
-    """The source restricted to the assets the items carry (absent bands become ``None``:
-    ``embed`` masks and reports them)."""
-    keys = set(items[0].assets) if items else set()
+    """The source restricted to the assets any of the items carries (absent bands become
+    ``None``: ``embed`` masks and reports them; ``load`` warns about items lacking a kept one)."""
+    keys = _asset_keys(items)
     assets = tuple(a if a in keys else None for a in source.assets)
     return SensorSource(sensor, replace(source, assets=assets))
 
@@ -217,7 +223,7 @@ def _table_source(sensor: str, collection: str, items, strict: bool) -> SensorSo
     if items:
         fitting = [s for s in options if _serves(s, items, strict)]
         if not fitting:
-            keys = sorted(items[0].assets)
+            keys = sorted(_asset_keys(items))
             raise StacError(
                 f"items of {collection!r} have assets {keys}, which match none of the known layouts for "
                 f"{sensor!r} ({[s.assets for s in options]}); use xanysat.stac.custom_source."

@@ -11,12 +11,11 @@ import warnings
 
 import numpy as np
 import pytest
+from helpers.continental import S1_STATS, continental_cube
 
 import xanysat
 from xanysat.cube.plan import GRAPH_TASK_LIMIT, EmbedPlan
 from xanysat.testing import synthetic_cube
-
-from helpers.continental import S1_STATS, continental_cube
 
 MODEL = "untrained-tiny"
 

@@ -17,13 +17,12 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
+from helpers.paths import FIXTURES
 
 import xanysat
 from xanysat.cube.points import embed_points
 from xanysat.errors import DimensionError, ModalityError
 from xanysat.sensors.table import MODALITIES
-
-from helpers.paths import FIXTURES
 
 MODEL = "untrained-tiny"
 S2 = MODALITIES["s2"]

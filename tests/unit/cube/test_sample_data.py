@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import torch
+from helpers.paths import FIXTURES
 
 from xanysat.cube.sample_data import treesatai_tile
-
-from helpers.paths import FIXTURES
 
 PARITY_INPUT = FIXTURES / "parity" / "input.pt"
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 import torch
-
 from helpers.paths import PARITY, load_fixture
+
 from xanysat import AnySat, AnySatConfig, CheckpointError
 from xanysat.nn.checkpoint import load_official, load_pretrained, save_pretrained, to_official_state_dict, weights_hash
 from xanysat.nn.hub import ANYSAT_FILE, ANYSAT_REPO, load_model, official_checkpoint_path

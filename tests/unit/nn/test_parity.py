@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-
 from helpers.paths import PARITY, load_fixture
+
 from xanysat.nn.checkpoint import config_from_official, load_official
 
 OUTPUTS = load_fixture("expected_outputs.pt") if PARITY.is_dir() else {}

@@ -6,11 +6,10 @@ import subprocess
 import sys
 
 import pytest
+from helpers.paths import FIXTURES, REPO_ROOT
 
 from xanysat.errors import AnySatInputError, DimensionError, ModalityError
 from xanysat.sensors.table import MODALITIES, Modality, StacSource, band_index
-
-from helpers.paths import FIXTURES, REPO_ROOT
 
 SENSORS = sorted(MODALITIES)
 CONFIG = FIXTURES / "parity" / "tiny_config.json"

@@ -4,10 +4,9 @@ import csv
 
 import pytest
 import torch
+from helpers.training import batches, config
 
 from xanysat.train.loop import load_config, plot_losses, pretrain
-
-from helpers.training import batches, config
 
 
 def rows(path):
