@@ -35,7 +35,7 @@ class AnySatAccessor:
     Registered on ``xr.DataTree``, ``xr.Dataset`` and ``xr.DataArray`` when ``xanysat`` is
     imported. Every method forwards ``obj`` as the first argument of the function it names:
     ``embed``, ``embed_points``, ``predict``, ``plan``, ``embed_to_zarr``,
-    ``fit_normalization`` on a cube; ``pca_rgb``, ``similarity``, ``to_png`` on an embedding.
+    ``fit_normalization`` on a cube; ``pca_rgb``, ``similarity``, ``to_png``, ``to_cog`` on an embedding.
 
     Args:
         obj: the xarray object the accessor is attached to.
@@ -90,6 +90,9 @@ class AnySatAccessor:
 
     @_forward("xanysat.cube.maps.save_png")
     def to_png(self, *args, **kwargs): ...
+
+    @_forward("xanysat.cube.export.to_cog")
+    def to_cog(self, *args, **kwargs): ...
 
 
 for _register in (xr.register_dataset_accessor, xr.register_dataarray_accessor, xr.register_datatree_accessor):

@@ -1,4 +1,4 @@
-"""``xanysat`` on the command line: embed, plan, map, info.
+"""``xanysat`` on the command line: embed, plan, map, export, info.
 
 Usage::
 
@@ -6,7 +6,8 @@ Usage::
         --patch-size 40 -o emb.zarr
     xanysat embed ... --collections sentinel-2-l2a sentinel-1-rtc --fit-normalization ...
     xanysat plan  --stac URL --collections sentinel-2-l2a --bbox W S E N --patch-size 40
-    xanysat map   emb.zarr -o map.png            # or map.tif (GeoTIFF), --similarity X Y
+    xanysat map   emb.zarr -o map.png            # or map.tif (RGBA COG), --similarity X Y
+    xanysat export emb.zarr -o emb.tif           # the embedding as a COG, one band per feature
     xanysat info
 
 Collections map to sensors as ``xanysat.stac.sensor_sources`` decides (Sentinel-1 without
@@ -65,8 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ...     code = main(["map", f"{directory}/emb.zarr", "-o", f"{directory}/map.tif"])
         ...     with rioxarray.open_rasterio(f"{directory}/map.tif") as pca:
         ...         result = code, pca.shape, pca.rio.resolution()
-        >>> result  # PCA colours: 3 bands of 4 x 4 cells of 40 m
-        (0, (3, 4, 4), (40.0, -40.0))
+        >>> result  # PCA colours and alpha: 4 bands of 4 x 4 cells of 40 m
+        (0, (4, 4, 4), (40.0, -40.0))
         >>> main(["embed", "--stac", "https://earth-search.aws.element84.com/v1", "--collections",
         ...       "sentinel-2-l2a", "--bbox", "2.35", "48.85", "2.36", "48.86", "--datetime",
         ...       "2021-01-01/2021-12-31", "-o", "emb.zarr"])  # doctest: +SKIP
@@ -124,6 +125,12 @@ def _parser() -> argparse.ArgumentParser:
     map_.add_argument("--similarity", nargs=2, type=float, metavar=("X", "Y"),
                       help="cosine similarity to the cell at these map coordinates instead of PCA")
     map_.set_defaults(run=_run_map)
+    export = sub.add_parser("export", help="Zarr embedding -> Cloud-Optimized GeoTIFF (one band per feature)")
+    export.add_argument("zarr", help="embedding store written by 'xanysat embed'")
+    export.add_argument("-o", "--output", required=True, help="emb.tif")
+    export.add_argument("--dtype", default="float32", choices=("float32", "float64"),
+                        help="band type (default float32; NaN marks cells with no valid input)")
+    export.set_defaults(run=_run_export)
     info = sub.add_parser("info", help="sensors, models and versions")
     info.set_defaults(run=_run_info)
     pre = sub.add_parser("pretrain", help="JEPA pretraining on the real sample cubes (resumable)")
@@ -454,29 +461,49 @@ def _run_plan(args) -> int:
 def _run_map(args) -> int:
     out = Path(args.output)
     _check_output_file("--output", args.output, (".png", ".tif", ".tiff"))
-    if not Path(args.zarr).exists():
-        raise AnySatInputError(f"no Zarr store at {args.zarr}; write one with 'xanysat embed ... -o {args.zarr}'.")
+    emb = _open_embedding(args.zarr)
+
+    from xanysat.cube.export import map_to_cog
+    from xanysat.cube.maps import pca_rgb_map, save_png, similarity
+
+    png = out.suffix.lower() == ".png"
+    picture = similarity(emb, *args.similarity) if args.similarity else pca_rgb_map(emb, alpha=not png)
+    if png:
+        save_png(picture, out, title=Path(args.zarr).name)
+    else:  # a tiled COG: RGBA (alpha 0 on NaN cells), or float similarity with nodata NaN
+        map_to_cog(picture, out)
+    _say(f"wrote {out}")
+    return EXIT_OK
+
+
+def _run_export(args) -> int:
+    out = Path(args.output)
+    _check_output_file("--output", args.output, (".tif", ".tiff"))
+    emb = _open_embedding(args.zarr)
+
+    from xanysat.cube.export import to_cog
+
+    to_cog(emb, out, dtype=args.dtype)
+    _say(f"wrote {out}: {emb.sizes['feature']} bands of {emb.sizes['y']} x {emb.sizes['x']} cells in {emb.rio.crs}")
+    return EXIT_OK
+
+
+def _open_embedding(store: str):
+    """The ``embedding`` of a store ``xanysat embed`` wrote, with its CRS, or exit 3 naming the fix."""
+    if not Path(store).exists():
+        raise AnySatInputError(f"no Zarr store at {store}; write one with 'xanysat embed ... -o {store}'.")
 
     import rioxarray  # noqa: F401  (registers .rio, for the GeoTIFF)
     import xarray as xr
 
-    from xanysat.cube.maps import pca_rgb_map, save_png, similarity
-
     try:
-        emb = xr.open_zarr(args.zarr, decode_coords="all")["embedding"]
+        emb = xr.open_zarr(store, decode_coords="all")["embedding"]
     except (KeyError, OSError, ValueError) as error:
-        raise AnySatInputError(f"{args.zarr} holds no 'embedding' written by xanysat: {error}") from error
-    picture = similarity(emb, *args.similarity) if args.similarity else pca_rgb_map(emb)
-    if out.suffix.lower() == ".png":
-        save_png(picture, out, title=Path(args.zarr).name)
-    else:
-        raster = picture.transpose("rgb", "y", "x") if "rgb" in picture.dims else picture
-        if raster.dtype.kind == "f":
-            raster = raster.rio.write_nodata(float("nan"), encoded=False)
-        out.parent.mkdir(parents=True, exist_ok=True)  # as save_png does
-        raster.rio.to_raster(out)
-    _say(f"wrote {out}")
-    return EXIT_OK
+        raise AnySatInputError(f"{store} holds no 'embedding' written by xanysat: {error}") from error
+    if emb.rio.crs is None or set(emb.dims) != {"feature", "y", "x"}:
+        raise AnySatInputError(f"{store}: its 'embedding' has no CRS or no (feature, y, x) grid; write it with "
+                               "'xanysat embed' or xanysat.embed_to_zarr.")
+    return emb
 
 
 def _run_info(args) -> int:

@@ -127,8 +127,8 @@ def test_embed_resume_and_map(stac_api, tmp_path):
     with rasterio.open(tmp_path / "map.tif") as tif:
         assert tif.crs.to_epsg() == 32631
         assert tif.transform == Affine(40.0, 0.0, float(emb["x"][0]) - 20, 0.0, -40.0, float(emb["y"][0]) + 20)
-        assert (tif.count, tif.dtypes[0], tif.shape) == (3, "uint8", (9, 9))
-        assert np.unique(tif.read().reshape(3, -1), axis=1).shape[1] > 20  # distinct colours
+        assert (tif.count, tif.dtypes[0], tif.shape) == (4, "uint8", (9, 9))  # RGB and alpha
+        assert np.unique(tif.read().reshape(4, -1)[:3], axis=1).shape[1] > 20  # distinct colours
 
 
 def test_unreachable_api_unknown_collection_no_items_exit_3(stac_api, tmp_path):

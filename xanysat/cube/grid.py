@@ -48,9 +48,38 @@ def output_geobox(cube, geometry) -> GeoBox:
 
 
 def grid_coords(geobox: GeoBox) -> dict:
-    """``y``/``x`` coordinates at cell centres (odc-geo's ``xr_coords``), without the CRS variable."""
+    """``y``/``x`` coordinates at cell centres (odc-geo's ``xr_coords``), without the CRS variable,
+    with their CF attributes (``standard_name``, ``long_name``, ``units``, ``axis``).
+
+    Example:
+        >>> box = GeoBox((2, 3), Affine(10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0), "EPSG:32631")
+        >>> coords = grid_coords(box)
+        >>> coords["x"][1].tolist(), coords["y"][2]["standard_name"], coords["x"][2]["units"]
+        ([600005.0, 600015.0, 600025.0], 'projection_y_coordinate', 'm')
+    """
     coords = xr_coords(geobox, crs_coord_name=None)
-    return {"y": coords["y"].values, "x": coords["x"].values}
+    return {dim: (dim, coords[dim].values, cf_axis_attrs(dim, geobox.crs)) for dim in ("y", "x")}
+
+
+def cf_axis_attrs(dim: str, crs) -> dict:
+    """CF attributes of the ``x`` or ``y`` coordinate of a grid in ``crs`` (projected: metres;
+    geographic: degrees of longitude or latitude).
+
+    Example:
+        >>> cf_axis_attrs("x", "EPSG:32631")
+        {'standard_name': 'projection_x_coordinate', 'long_name': 'x coordinate of projection', 'units': 'm', \
+'axis': 'X'}
+        >>> cf_axis_attrs("y", "EPSG:4326")["units"]
+        'degrees_north'
+    """
+    from odc.geo.crs import CRS
+
+    if crs is not None and CRS(crs).geographic:
+        name = "longitude" if dim == "x" else "latitude"
+        return {"standard_name": name, "long_name": name, "units": "degrees_east" if dim == "x" else "degrees_north",
+                "axis": dim.upper()}
+    return {"standard_name": f"projection_{dim}_coordinate", "long_name": f"{dim} coordinate of projection",
+            "units": "m", "axis": dim.upper()}
 
 
 def as_geobox(like) -> GeoBox:

@@ -5,6 +5,7 @@ written from it (``describe``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 
@@ -216,7 +217,7 @@ def fingerprint(facts: dict, identity: Mapping[str, str]) -> dict:
                             for n, v in facts["normalization"].items()}
     out["sensors"] = {n: {k: v for k, v in s.items() if k != "missing_bands"} for n, s in facts["sensors"].items()}
     out["input"] = dict(identity)
-    return out
+    return strict_json(out)
 
 
 def attrs(facts: dict, inputs) -> dict:
@@ -224,6 +225,7 @@ def attrs(facts: dict, inputs) -> dict:
     import xanysat
 
     out = {
+        "long_name": "AnySat embedding",
         "model_id": facts["model_id"],
         "weights_sha256_16": facts["weights"],
         "patch_size_m": facts["patch_size_m"],
@@ -238,7 +240,25 @@ def attrs(facts: dict, inputs) -> dict:
         out["date_origin"] = facts["date_origin"]
     if facts["output"] == "dense":
         out["output_modality"] = facts["output_modality"]
-    return out
+    return strict_json(out)
+
+
+def strict_json(value):
+    """``value`` with every non-finite float (NaN, infinities: no JSON token, and GDAL and other
+    strict readers refuse them) replaced by its name as a string, in nested dicts and lists.
+
+    Example:
+        >>> import json
+        >>> json.dumps(strict_json({"nodata": float("nan"), "bands": [1.5, float("-inf")]}), allow_nan=False)
+        '{"nodata": "NaN", "bands": [1.5, "-Infinity"]}'
+    """
+    if isinstance(value, Mapping):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(strict_json(v) for v in value)
+    if isinstance(value, (float, np.floating)) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    return value
 
 
 def _whole(value) -> bool:

@@ -48,7 +48,7 @@ import xarray as xr
 from xanysat.cube.embed import EMBEDDING, FEATURE, embed_with
 from xanysat.cube.grid import grid_coords, output_geobox
 from xanysat.cube.job import Setup, setup_job
-from xanysat.cube.options import EmbedOptions
+from xanysat.cube.options import EmbedOptions, strict_json
 from xanysat.cube.options import attrs as provenance_attrs
 from xanysat.cube.options import fingerprint as settings_fingerprint
 from xanysat.cube.regions import Regions, resolve_region_blocks, slice_pixels, worker_threads
@@ -64,7 +64,7 @@ FOREIGN_FILE_WARNING = "Object at .* is not recognized as a component of a Zarr 
 
 def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, options: EmbedOptions | None = None,
                   region_blocks=None, resume: bool = True, progress: bool = True, client=None,
-                  **embed_kwargs) -> xr.DataArray:
+                  zarr_format: int = 2, **embed_kwargs) -> xr.DataArray:
     """Embed a (possibly continental) cube into one Zarr store, region by region.
 
     Args:
@@ -81,6 +81,9 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, o
         progress: show a progress bar over regions (tqdm).
         client: a ``dask.distributed`` client to compute on; default: the active scheduler
             (the default client if one is set, else dask's threads). No cluster is created.
+        zarr_format: 2 (default: GDAL, QGIS and ``rasterio.open('ZARR:"store":/embedding')``
+            read it, with its CRS) or 3 (GDAL 3.10 cannot read xarray's v3 chunks). A resumed
+            run keeps the store's format.
         options: the settings as one ``xanysat.cube.options.EmbedOptions`` (then ``patch_size``,
             ``output`` and the embed keywords but ``model`` are not given).
         embed_kwargs: ``model``, ``tile_size``, ``overlap``, ``batch_size``, ``device``, ``dtype``,
@@ -109,7 +112,7 @@ def embed_to_zarr(data, store, patch_size: int = 40, output: str = "patch", *, o
     """
     job = prepare(data, patch_size, output, options=options, region_blocks=region_blocks, client=client,
                   **embed_kwargs)
-    done = open_store(job, store, resume=resume, region_blocks=region_blocks)
+    done = open_store(job, store, resume=resume, region_blocks=region_blocks, zarr_format=zarr_format)
     todo = [r for r in job.regions if not done[r]]
     bar = _progress(progress, job.regions.count, job.regions.count - len(todo))
     try:
@@ -344,7 +347,7 @@ def write_region(job: RegionJob, store, region, *, client=None) -> None:
 # -- the store: template, fingerprint and manifest ----------------------------------------------------------
 
 
-def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np.ndarray:
+def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None, zarr_format: int = 2) -> np.ndarray:
     """Create the store (or check it, to resume) and return the regions already done as booleans.
 
     Writers only delete what they wrote: a store is created in a new or empty place, or over a
@@ -357,6 +360,7 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
         resume: check the store's fingerprint and read its manifest (a new store is created);
             False: overwrite a store written by ``embed_to_zarr``.
         region_blocks: the caller's ``region_blocks``, checked against the store's on resume.
+        zarr_format: 2 or 3, for a store created here (a resumed store keeps its format).
 
     Returns:
         One boolean per region (``job.regions.shape``): True where the region is done.
@@ -388,13 +392,15 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
             ...
         ValueError: cannot resume into ...: the input is not the one the store was written from (s2: ...
     """
+    if zarr_format not in (2, 3):
+        raise ValueError(f"zarr_format must be 2 (GDAL and QGIS read it) or 3, got {zarr_format!r}.")
     kind, existing = store_kind(store)
     if kind == "foreign":
         raise AnySatInputError(_refusal(store, existing["what"], "embed_to_zarr"))
     if kind == "new" or not resume:
-        _create(job, store)
+        _create(job, store, zarr_format)
         return np.zeros(job.regions.shape, dtype=bool)
-    _check_fingerprint(store, json.loads(existing[FINGERPRINT]), job.fingerprint)
+    _check_fingerprint(store, strict_json(json.loads(existing[FINGERPRINT])), job.fingerprint)
     kept = tuple(existing.get(REGION_BLOCKS, job.regions.region_blocks))
     if region_blocks is not None and tuple(job.regions.region_blocks) != kept:
         raise ValueError(
@@ -404,7 +410,7 @@ def open_store(job: RegionJob, store, *, resume: bool, region_blocks=None) -> np
     job.regions = Regions(job.geometry, kept)
     done = _read_done(store, job.regions.shape)
     if done is None:  # interrupted while being created (the manifest comes last): nothing was written yet
-        _create(job, store)
+        _create(job, store, zarr_format)
         return np.zeros(job.regions.shape, dtype=bool)
     return done
 
@@ -562,34 +568,38 @@ def template(job: RegionJob) -> xr.Dataset:
     emb = emb.rio.write_crs(cube.crs).rio.write_transform(box.affine)
     ds = emb.to_dataset()
     ds[EMBEDDING].encoding["coordinates"] = "spatial_ref"  # so that plain xr.open_zarr keeps the CRS
-    ds.attrs[FINGERPRINT] = json.dumps(job.fingerprint, sort_keys=True)
+    ds.attrs[FINGERPRINT] = json.dumps(job.fingerprint, sort_keys=True, allow_nan=False)
     ds.attrs[REGION_BLOCKS] = list(job.regions.region_blocks)
     ds.attrs[WRITER] = "xanysat.embed_to_zarr (regions marked in the anysat_manifest group)"
     return ds
 
 
-def _create(job: RegionJob, store) -> None:
+def _create(job: RegionJob, store, zarr_format: int = 2) -> None:
     """Write the store's layout and an empty manifest, over the store's own members only (never a
     foreign file: no ``mode="w"``, which empties the whole directory). The manifest goes first
     and comes back last, so an interrupted creation reads as one (``open_store`` creates again)."""
     import zarr
 
     ds = template(job)
-    _delete_members(store, [MANIFEST, *ds.variables])
+    _delete_members(store, [MANIFEST, *ds.variables], keep_format=zarr_format)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", FOREIGN_FILE_WARNING)  # other files are kept beside the store
-        ds.to_zarr(store, mode="a", compute=False, consolidated=False)
+        ds.to_zarr(store, mode="a", compute=False, consolidated=False, zarr_format=zarr_format)
     group = zarr.open_group(store, mode="r+", use_consolidated=False)
     manifest = group.require_group(MANIFEST)
+    dims = ("region_y", "region_x")  # named, so that xr.open_datatree reads the manifest too
+    named = {"dimension_names": dims} if group.metadata.zarr_format == 3 else {"attributes": {"_ARRAY_DIMENSIONS": dims}}
     manifest.create_array(DONE, shape=job.regions.shape, chunks=(1, 1), dtype="uint8", fill_value=0,
-                          compressors=None, overwrite=True)
+                          compressors=None, overwrite=True, **named)
     manifest.attrs.update({"region_blocks": list(job.regions.region_blocks),
                            "regions": "done[i, j] = 1 once region (i, j) is completely written"})
 
 
-def _delete_members(store, names) -> None:
-    """Delete these arrays or groups of the store's root group, in this order (nothing else)."""
+def _delete_members(store, names, keep_format: int | None = None) -> None:
+    """Delete these arrays or groups of the store's root group, in this order (nothing else);
+    with ``keep_format``, also the root group's metadata when it is of the other Zarr format."""
     import zarr
+    from zarr.core.sync import sync
 
     try:
         group = zarr.open_group(store, mode="r+", use_consolidated=False)
@@ -598,6 +608,9 @@ def _delete_members(store, names) -> None:
     for name in names:
         if name in group:
             del group[name]
+    if keep_format is not None and group.metadata.zarr_format != keep_format:
+        for key in ("zarr.json",) if group.metadata.zarr_format == 3 else (".zgroup", ".zattrs", ".zmetadata"):
+            sync(group.store_path.store.delete(key))
 
 
 def _local_path(store) -> Path | None:
