@@ -171,6 +171,7 @@ def test_asset_check_gives_up_on_a_host_that_never_answers(sample_catalog):
     check_threads(before)
 
 
+@pytest.mark.slow  # a child process serves the COGs
 def test_asset_check_and_reads_retry_a_host_that_fails_at_first(sample_catalog):
     june = [month(sample_catalog, "2021-06")]
     local = stac.load(as_items(june), cloud_mask=False)["s2"]["s2"].values
@@ -190,6 +191,7 @@ def test_asset_check_and_reads_retry_a_host_that_fails_at_first(sample_catalog):
             stac.load(items, cloud_mask=False, retries=0)
 
 
+@pytest.mark.slow  # a child process serves the COGs
 @pytest.mark.parametrize("loader", ["odc", "stackstac"])
 def test_reads_during_compute_give_up_on_a_host_that_never_answers(sample_catalog, loader):
     june = month(sample_catalog, "2021-06")
