@@ -71,6 +71,7 @@ CASES = [
     ("plan", [*PLAN, "--max-items", "0"], 3, "--max-items must be a whole number of at least 1"),
     ("plan", [*PLAN, "--model", "{empty_model}"], 4, "has no config.json or model.safetensors"),
     ("map", ["map", "{missing}", "-o", "{out}/map.jpg"], 3, "--output must end in .png, .tif or .tiff"),
+    ("export", ["export", "{missing}", "-o", "{out}/emb.tif"], 3, "no Zarr store at"),
     ("map", ["map", "{missing}", "-o", "{shelf}/map.png"], 3, "map.png is a directory; give a file path"),
     ("info", ["info", "--verbose"], 2, "unrecognized arguments: --verbose"),
     ("pretrain", ["pretrain", "--config", "{missing}"], 3, "No such file or directory; give the path of a TOML"),
