@@ -8,3 +8,4 @@ def _seed():
 
 
 from helpers.stac_fixtures import sample_catalog, stac_api, stac_api_pgstac, t29unu_catalog  # noqa: E402,F401
+from helpers.worldcereal_truth import truth  # noqa: E402,F401
