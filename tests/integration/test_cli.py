@@ -14,6 +14,7 @@ import pytest
 import rasterio
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
+from helpers.cli import error_line, xanysat
 from rasterio.transform import Affine
 
 from xanysat.sensors.table import MODALITIES
@@ -25,20 +26,6 @@ MODEL = ["--model", "untrained-tiny"]
 BOTH = ["sentinel-2-l2a", "sentinel-1-rtc"]
 # About 330 m x 330 m inside the 1 km WorldCereal cube, in degrees.
 BBOX = ["5.3240", "50.6310", "5.3285", "50.6340"]
-
-
-def xanysat(*args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xanysat.cli", *args], check=False, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"})
-
-
-def error_line(done: subprocess.CompletedProcess, command: str) -> str:
-    """The run's one error line (stderr also carries progress lines), checked to be the last."""
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith(f"xanysat {command}: error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1], done.stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

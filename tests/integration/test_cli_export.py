@@ -4,15 +4,13 @@ exits 3 with one line on stderr."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import rasterio
 import xarray as xr
 import zarr
+from helpers.cli import error_line
+from helpers.cli import xanysat as run
 from rasterio.enums import ColorInterp
 from rasterio.transform import Affine
 
@@ -22,19 +20,6 @@ from xanysat.testing import synthetic_cube
 pytestmark = pytest.mark.slow
 
 TRANSFORM = Affine(40.0, 0.0, 600000.0, 0.0, -40.0, 5700000.0)
-
-
-def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "xanysat.cli", *args], check=False, capture_output=True, text=True,
-                          timeout=180, env={**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"})
-
-
-def error_line(done: subprocess.CompletedProcess, command: str) -> str:
-    assert "Traceback" not in done.stderr, done.stderr
-    lines = done.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith(f"xanysat {command}: error:")]
-    assert len(errors) == 1 and errors[0] == lines[-1], done.stderr
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
